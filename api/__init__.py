@@ -1,0 +1,1 @@
+"""The HTTP API. Never imports torch: it talks to workers through Redis, by task name."""

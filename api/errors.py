@@ -1,0 +1,143 @@
+"""One error hierarchy, one handler, one problem+json shape (RFC 9457)."""
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ApiError(Exception):
+    """An expected outcome with its HTTP status. `detail` is safe to show the client."""
+
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        invalid_fields: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.invalid_fields = invalid_fields
+        self.headers = headers
+
+
+class BadRequest(ApiError):
+    status = 400
+    title = "Bad request"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(ApiError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(ApiError):
+    status = 409
+    title = "Conflict"
+
+
+class Unprocessable(ApiError):
+    status = 422
+    title = "Unprocessable entity"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    title = "Service unavailable"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    invalid_fields: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    body["detail"] = detail
+    if invalid_fields is not None:
+        body["invalid_fields"] = invalid_fields
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """('body', 'input', 'text') -> 'input.text'; list indexes as [0]."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or str(loc[0] if loc else "body")
+
+
+def _validation_problem(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(error["type"] == "json_invalid" for error in errors):
+        error = next(e for e in errors if e["type"] == "json_invalid")
+        reason = error.get("ctx", {}).get("error", "invalid JSON")
+        return problem(400, "Malformed JSON", f"The request body is not valid JSON: {reason}")
+    invalid = []
+    for error in errors:
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "Unknown field"
+        invalid.append({"field": field_path(tuple(error["loc"])), "message": message})
+    summary = "; ".join(f"{item['field']}: {item['message']}" for item in invalid)
+    return problem(422, "Unprocessable entity", summary, invalid_fields=invalid)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return problem(
+            exc.status,
+            exc.title,
+            exc.detail,
+            invalid_fields=exc.invalid_fields,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_problem(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
+        return problem(exc.status_code, title, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            503,
+            "Service unavailable",
+            "The database is unreachable; nothing was changed. Retry shortly.",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "-")
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "Internal server error", f"Unexpected error (request id {request_id})")

@@ -1,0 +1,1 @@
+"""Thin routes: dependencies in, one service call, return."""

@@ -1,0 +1,28 @@
+"""Accounts and access tokens."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.security import OAuth2PasswordRequestForm
+
+from api.deps import SettingsDep, TransactionDep
+from api.schemas.auth import RegisterRequest, TokenOut, UserOut
+from api.services import auth
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"])
+
+
+@router.post("/register", status_code=201, response_model=UserOut)
+def register(body: RegisterRequest, tx: TransactionDep) -> UserOut:
+    """Create an account. The password is stored as an Argon2id hash."""
+    return UserOut.model_validate(auth.register(tx.session, body))
+
+
+@router.post("/token", response_model=TokenOut)
+def token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    tx: TransactionDep,
+    settings: SettingsDep,
+) -> TokenOut:
+    """Exchange username and password (OAuth2 password form) for a bearer JWT."""
+    return auth.issue_token(tx.session, settings, form.username, form.password)

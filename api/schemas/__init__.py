@@ -1,0 +1,1 @@
+"""Request and response bodies, separate from the tables. Inputs forbid unknown fields."""

@@ -1,0 +1,62 @@
+"""Password hashing (Argon2id) and access tokens (JWT, HS256, explicit algorithm list)."""
+
+from datetime import UTC, datetime, timedelta
+
+from jose import JWTError, jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from api.settings import ApiSettings
+
+JWT_ALGORITHM = "HS256"
+
+# Argon2id above the OWASP minimum (m=19 MiB, t=2, p=1).
+_passwords = PasswordHash((Argon2Hasher(memory_cost=19 * 1024, time_cost=2, parallelism=1),))
+# Verified against when the user does not exist, so timing does not reveal which usernames exist.
+_DUMMY_HASH = _passwords.hash("quern-dummy-password")
+
+
+def hash_password(password: str) -> str:
+    return _passwords.hash(password)
+
+
+def verify_password(password: str, password_hash: str | None) -> bool:
+    if password_hash is None:
+        _passwords.verify(password, _DUMMY_HASH)
+        return False
+    return _passwords.verify(password, password_hash)
+
+
+def create_access_token(user_id: str, settings: ApiSettings) -> str:
+    now = datetime.now(UTC)
+    claims = {
+        "sub": user_id,
+        "iat": now,
+        "exp": now + timedelta(seconds=settings.jwt_ttl_s),
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
+
+
+class InvalidToken(Exception):
+    """Expired, tampered, wrongly signed or malformed."""
+
+
+def decode_access_token(token: str, settings: ApiSettings) -> str:
+    """The user id inside a valid token."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[JWT_ALGORITHM],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require_exp": True, "require_sub": True, "require_iat": True},
+        )
+    except JWTError as exc:
+        raise InvalidToken(str(exc)) from exc
+    subject = claims.get("sub")
+    if not isinstance(subject, str):
+        raise InvalidToken("token has no subject")
+    return subject

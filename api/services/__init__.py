@@ -1,0 +1,1 @@
+"""Use cases: what the routes ask for, in terms of repositories. They flush, never commit."""

@@ -1,0 +1,65 @@
+"""Prediction input against a version's JSON Schema: every bad field named, defaults filled in."""
+
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError
+
+from api.errors import Unprocessable
+
+
+def _path(error: ValidationError) -> str:
+    path = "input"
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _describe(error: ValidationError) -> list[dict[str, str]]:
+    """One entry per offending field, with the field's own path (not its parent's)."""
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return [{"field": f"{_path(error)}.{name}", "message": "Field required"} for name in missing]
+    if error.validator == "additionalProperties":
+        allowed = error.schema.get("properties", {})
+        unknown = [key for key in error.instance if key not in allowed]
+        return [{"field": f"{_path(error)}.{key}", "message": "Unknown field"} for key in unknown]
+    return [{"field": _path(error), "message": error.message}]
+
+
+def _unstorable_strings(value: Any, path: str) -> list[dict[str, str]]:
+    """PostgreSQL text cannot hold NUL, and UTF-8 cannot hold lone surrogates."""
+    problems: list[dict[str, str]] = []
+    if isinstance(value, str):
+        if "\x00" in value:
+            problems.append({"field": path, "message": "NUL characters are not allowed"})
+        elif not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append({"field": path, "message": "Invalid Unicode (lone surrogate)"})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problems += _unstorable_strings(key, f"{path}.<key>")
+            problems += _unstorable_strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problems += _unstorable_strings(item, f"{path}[{index}]")
+    return problems
+
+
+def validate_input(schema: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The input to store: `given` plus the schema's top-level defaults. 422 if invalid."""
+    invalid = _unstorable_strings(given, "input")
+    if not invalid:
+        filled = dict(given)
+        for name, prop in schema.get("properties", {}).items():
+            if name not in filled and isinstance(prop, dict) and "default" in prop:
+                filled[name] = prop["default"]
+        errors = sorted(
+            Draft202012Validator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path)
+        )
+        invalid = [item for error in errors for item in _describe(error)]
+    if invalid:
+        summary = "; ".join(f"{item['field']}: {item['message']}" for item in invalid)
+        raise Unprocessable(f"Invalid input: {summary}", invalid_fields=invalid)
+    return filled

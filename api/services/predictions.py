@@ -1,0 +1,148 @@
+"""Creating, reading, listing and canceling predictions."""
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from functools import partial
+
+from api.deps import Transaction
+from api.errors import BadRequest, NotFound, Unprocessable
+from api.queue import enqueue_prediction
+from api.schemas.predictions import (
+    PredictionCreate,
+    PredictionMetrics,
+    PredictionOut,
+    PredictionPage,
+    PredictionUrls,
+)
+from api.services.inputs import validate_input
+from db.repositories import models, predictions
+from db.repositories.predictions import UNFINISHED, Cursor, PredictionWithModel
+from db.tables import ModelVersion, PredictionStatus, User
+
+
+def to_out(row: PredictionWithModel, base_url: str) -> PredictionOut:
+    p = row.prediction
+    url = f"{base_url}/v1/predictions/{p.id}"
+    return PredictionOut(
+        id=p.id,
+        model=row.model,
+        version=p.version_id,
+        input=p.input,
+        output=p.output,
+        logs=p.logs,
+        error=p.error,
+        status=p.status,
+        created_at=p.created_at,
+        started_at=p.started_at,
+        completed_at=p.completed_at,
+        urls=PredictionUrls(get=url, cancel=f"{url}/cancel"),
+        metrics=PredictionMetrics(
+            predict_time=p.metrics.get("predict_time"),
+            batch_size=p.metrics.get("batch_size"),
+            attempts=p.attempts,
+            queue_time=_seconds(p.created_at, p.started_at),
+            total_time=_seconds(p.created_at, p.completed_at),
+        ),
+    )
+
+
+def _seconds(start: datetime, end: datetime | None) -> float | None:
+    return None if end is None else round((end - start).total_seconds(), 6)
+
+
+def _resolve_version(tx: Transaction, body: PredictionCreate) -> tuple[ModelVersion, str]:
+    if body.version is not None:
+        found = models.get_version(tx.session, id=body.version)
+        if found is None:
+            raise Unprocessable(
+                f"No model version {body.version!r}",
+                invalid_fields=[{"field": "version", "message": "No such model version"}],
+            )
+        return found
+    assert body.model is not None
+    owner, _, name = body.model.partition("/")
+    model = models.get(tx.session, owner=owner, name=name)
+    if model is None or model.latest_version is None:
+        reason = "No such model" if model is None else "Model has no versions"
+        raise Unprocessable(
+            f"{reason}: {body.model!r}", invalid_fields=[{"field": "model", "message": reason}]
+        )
+    return model.latest_version, model.ref
+
+
+def create(tx: Transaction, user: User, body: PredictionCreate, base_url: str) -> PredictionOut:
+    version, model_ref = _resolve_version(tx, body)
+    validated = validate_input(version.input_schema, body.input)
+    prediction = predictions.create(
+        tx.session, owner_id=user.id, version_id=version.id, input=validated
+    )
+    tx.after_commit.append(partial(enqueue_prediction, prediction.id))
+    return to_out(PredictionWithModel(prediction, model_ref), base_url)
+
+
+def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
+    row = predictions.get(tx.session, id=prediction_id, owner_id=user.id)
+    if row is None:
+        raise NotFound(f"No prediction {prediction_id!r}")
+    return to_out(row, base_url)
+
+
+def cancel(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
+    """Queued: it will never run. Running: its result is discarded when it finishes."""
+    predictions.update_status(
+        tx.session,
+        id=prediction_id,
+        owner_id=user.id,
+        from_statuses=UNFINISHED,
+        status=PredictionStatus.CANCELED,
+    )
+    return get(tx, user, prediction_id, base_url)
+
+
+def _encode_cursor(direction: str, row: PredictionWithModel) -> str:
+    raw = json.dumps([direction, row.prediction.created_at.isoformat(), row.prediction.id])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, Cursor]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        direction, created_at, prediction_id = json.loads(raw)
+        if direction not in ("next", "previous"):
+            raise ValueError(direction)
+        return direction, Cursor(datetime.fromisoformat(created_at), str(prediction_id))
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise BadRequest("Invalid cursor: pass back a `next` or `previous` URL as given") from exc
+
+
+def list_page(
+    tx: Transaction, user: User, cursor: str | None, page_size: int, base_url: str
+) -> PredictionPage:
+    """Newest first. `next` goes to older predictions, `previous` to newer ones."""
+    direction, position = _decode_cursor(cursor) if cursor else ("next", None)
+    rows = predictions.list(
+        tx.session,
+        owner_id=user.id,
+        limit=page_size + 1,
+        after=position if direction == "next" else None,
+        before=position if direction == "previous" else None,
+    )
+    more = len(rows) > page_size
+    if direction == "next":
+        rows = rows[:page_size]
+        has_older, has_newer = more, position is not None
+    else:
+        rows = rows[1:] if more else rows
+        has_older, has_newer = True, more
+
+    def link(direction: str, row: PredictionWithModel) -> str:
+        token = _encode_cursor(direction, row)
+        return f"{base_url}/v1/predictions?cursor={token}&page_size={page_size}"
+
+    return PredictionPage(
+        next=link("next", rows[-1]) if rows and has_older else None,
+        previous=link("previous", rows[0]) if rows and has_newer else None,
+        results=[to_out(row, base_url) for row in rows],
+    )

@@ -1,0 +1,41 @@
+"""API settings, read from the environment (QUERN_*, plus REDIS_URL)."""
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_JWT_SECRET = "quern-development-secret-do-not-use-in-production"  # noqa: S105
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUERN_", extra="ignore")
+
+    # "development" allows the built-in JWT secret; anything else demands a real one.
+    env: Literal["development", "production", "test"] = "production"
+    jwt_secret: str = DEVELOPMENT_JWT_SECRET
+    jwt_ttl_s: int = Field(default=3600, ge=60, le=30 * 24 * 3600)
+    jwt_issuer: str = "quern"
+    jwt_audience: str = "quern-api"
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "QUERN_REDIS_URL"),
+    )
+    # Must equal the workers' value: with several apps on one broker the shortest wins.
+    broker_visibility_timeout_s: int = 3600
+    page_size_default: int = 20
+    page_size_max: int = 100
+
+    @model_validator(mode="after")
+    def refuse_default_secret(self) -> "ApiSettings":
+        if self.env != "development" and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
+            raise ValueError("QUERN_JWT_SECRET must be set outside development (QUERN_ENV)")
+        if len(self.jwt_secret) < 32:
+            raise ValueError("QUERN_JWT_SECRET must be at least 32 characters")
+        return self
+
+
+@lru_cache
+def get_api_settings() -> ApiSettings:
+    return ApiSettings()

@@ -1,0 +1,100 @@
+"""The model registry: models and their immutable versions."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.tables import Model, ModelVersion, User
+
+
+@dataclass(frozen=True)
+class ModelWithOwner:
+    model: Model
+    owner: str
+    latest_version: ModelVersion | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}/{self.model.name}"
+
+
+def _latest_version(session: Session, *, model_id: str) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.model_id == model_id)
+        .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+        .limit(1)
+    ).first()
+
+
+def get(session: Session, *, owner: str, name: str) -> ModelWithOwner | None:
+    model = session.scalars(
+        select(Model).join(User, Model.owner_id == User.id).where(
+            User.username == owner, Model.name == name
+        )
+    ).one_or_none()
+    if model is None:
+        return None
+    return ModelWithOwner(model, owner, _latest_version(session, model_id=model.id))
+
+
+def list(session: Session) -> list[ModelWithOwner]:  # noqa: A001 - the repository verb
+    rows = session.execute(
+        select(Model, User.username)
+        .join(User, Model.owner_id == User.id)
+        .order_by(User.username, Model.name)
+    ).all()
+    return [
+        ModelWithOwner(model, owner, _latest_version(session, model_id=model.id))
+        for model, owner in rows
+    ]
+
+
+def get_version(session: Session, *, id: str) -> tuple[ModelVersion, str] | None:
+    """A version and its model's `owner/name`."""
+    row = session.execute(
+        select(ModelVersion, User.username, Model.name)
+        .join(Model, ModelVersion.model_id == Model.id)
+        .join(User, Model.owner_id == User.id)
+        .where(ModelVersion.id == id)
+    ).one_or_none()
+    if row is None:
+        return None
+    version, owner, name = row
+    return version, f"{owner}/{name}"
+
+
+def create(session: Session, *, owner_id: str, name: str, description: str = "") -> Model:
+    model = Model(owner_id=owner_id, name=name, description=description)
+    session.add(model)
+    session.flush()
+    return model
+
+
+def create_version(
+    session: Session,
+    *,
+    model_id: str,
+    model_type: str,
+    weights: str,
+    input_schema: dict[str, Any],
+    hardware: str,
+    max_batch_size: int,
+    max_batch_wait_ms: int,
+    run_timeout_s: int,
+) -> ModelVersion:
+    version = ModelVersion(
+        model_id=model_id,
+        model_type=model_type,
+        weights=weights,
+        input_schema=input_schema,
+        hardware=hardware,
+        max_batch_size=max_batch_size,
+        max_batch_wait_ms=max_batch_wait_ms,
+        run_timeout_s=run_timeout_s,
+    )
+    session.add(version)
+    session.flush()
+    return version

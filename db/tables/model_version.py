@@ -1,0 +1,40 @@
+"""An immutable version of a model: what to load, how to validate input, how to batch."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import Base
+from db.ids import new_id
+
+
+class Hardware(StrEnum):
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        CheckConstraint("hardware IN ('cpu', 'gpu')", name="hardware"),
+        CheckConstraint("max_batch_size >= 1", name="max_batch_size"),
+        CheckConstraint("max_batch_wait_ms >= 0", name="max_batch_wait_ms"),
+        CheckConstraint("run_timeout_s >= 1", name="run_timeout_s"),
+        Index("ix_model_versions_model_id_created_at", "model_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    # A key of models.registry (text-generation, embeddings, ...).
+    model_type: Mapped[str] = mapped_column(String(64))
+    # package://<module>/<path>, file:///<path>: resolved by the worker, never by the API.
+    weights: Mapped[str] = mapped_column(String(1024))
+    input_schema: Mapped[dict[str, Any]]
+    hardware: Mapped[str] = mapped_column(String(8), default=Hardware.CPU)
+    max_batch_size: Mapped[int] = mapped_column(default=1)
+    max_batch_wait_ms: Mapped[int] = mapped_column(default=5)
+    run_timeout_s: Mapped[int] = mapped_column(default=300)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

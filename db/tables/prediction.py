@@ -1,0 +1,70 @@
+"""One run of a model version on one input. Its status only moves forward."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import Base, JSONValue
+from db.ids import new_id
+
+
+class PredictionStatus(StrEnum):
+    STARTING = "starting"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    ABORTED = "aborted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        PredictionStatus.SUCCEEDED,
+        PredictionStatus.FAILED,
+        PredictionStatus.CANCELED,
+        PredictionStatus.ABORTED,
+    }
+)
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('starting', 'processing', 'succeeded', 'failed', 'canceled', 'aborted')",
+            name="status",
+        ),
+        # Cursor pages: newest first per owner, ties broken by id.
+        Index("ix_predictions_owner_id_created_at_id", "owner_id", "created_at", "id"),
+        # Only unfinished predictions: small, for finding stuck work.
+        Index(
+            "ix_predictions_unfinished",
+            "status",
+            "created_at",
+            postgresql_where=text("status IN ('starting', 'processing')"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    version_id: Mapped[str] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
+    )
+    input: Mapped[dict[str, Any]]
+    output: Mapped[Any | None] = mapped_column(JSONValue)
+    logs: Mapped[str] = mapped_column(Text, default="", server_default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=PredictionStatus.STARTING)
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    # predict_time, batch_size: written by the worker.
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]

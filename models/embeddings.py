@@ -1,0 +1,37 @@
+"""Sentence embeddings (all-MiniLM-L6-v2 and other BERT-style encoders): mean pooling + L2 norm."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from models.base import pick_device
+
+MAX_TOKENS = 256  # the model's max_seq_length; longer text is truncated, as sentence-transformers does
+
+
+class EmbeddingsPredictor:
+    def __init__(self, weights: Path) -> None:
+        self.weights = weights
+        self.device = "cpu"
+
+    def setup(self) -> None:
+        self.device = pick_device()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.weights)
+        self.model = AutoModel.from_pretrained(self.weights).to(self.device).eval()
+
+    @torch.inference_mode()
+    def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
+        encoded = self.tokenizer(
+            [item["text"] for item in inputs],
+            padding=True,
+            truncation=True,
+            max_length=MAX_TOKENS,
+            return_tensors="pt",
+        ).to(self.device)
+        token_embeddings = self.model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"].unsqueeze(-1).to(token_embeddings.dtype)
+        pooled = (token_embeddings * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        normalized = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return [row.tolist() for row in normalized.float().cpu()]

@@ -1,0 +1,110 @@
+"""Causal language models (SmolLM2 and friends) through transformers, from a folder or a GGUF file.
+
+A GGUF file is dequantised once (~30 s on 2 cores) and the result cached as safetensors,
+so every later load in any process takes well under a second.
+"""
+
+import hashlib
+import itertools
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from models.base import pick_device
+from models.weights import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def converted_gguf(gguf_file: Path) -> Path:
+    """The folder holding `gguf_file` dequantised to safetensors, built on first use."""
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    target = cache_dir() / f"{gguf_file.stem}-{key.hexdigest()[:16]}"
+    if (target / "config.json").exists():
+        return target
+    log.info("converting %s to safetensors in %s (once)", gguf_file.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    # The tensors are plain dequantised floats now; only the quantizer marker forbids saving.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so a concurrent or killed loader never sees half a folder.
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def generation_key(item: dict[str, Any]) -> tuple[Any, ...]:
+    """Inputs with equal keys can share one `generate` call."""
+    return (item["max_new_tokens"], item["temperature"], item["top_p"], item.get("seed"))
+
+
+class TextGenerationPredictor:
+    def __init__(self, weights: Path) -> None:
+        self.weights = weights
+        self.device = "cpu"
+
+    def setup(self) -> None:
+        folder = converted_gguf(self.weights) if self.weights.suffix == ".gguf" else self.weights
+        self.device = pick_device()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device)
+        self.model.eval()
+
+    def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
+        outputs: list[Any] = [None] * len(inputs)
+        order = sorted(range(len(inputs)), key=lambda i: repr(generation_key(inputs[i])))
+        for _, group in itertools.groupby(order, key=lambda i: repr(generation_key(inputs[i]))):
+            indices = list(group)
+            texts = self._generate([inputs[i] for i in indices])
+            for i, text in zip(indices, texts, strict=True):
+                outputs[i] = text
+        return outputs
+
+    @torch.inference_mode()
+    def _generate(self, inputs: list[dict[str, Any]]) -> list[str]:
+        """One forward pass for inputs that share generation parameters."""
+        first = inputs[0]
+        prompts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": item["prompt"]}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for item in inputs
+        ]
+        encoded = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        sampling = first["temperature"] > 0
+        if first.get("seed") is not None:
+            torch.manual_seed(first["seed"])
+        generated = self.model.generate(
+            **encoded,
+            max_new_tokens=first["max_new_tokens"],
+            do_sample=sampling,
+            temperature=first["temperature"] if sampling else None,
+            top_p=first["top_p"] if sampling else None,
+            top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+        return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

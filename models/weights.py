@@ -1,0 +1,36 @@
+"""Weights references: where a version's files are, resolved on the worker only.
+
+`package://<module>/<path>` points inside an installed Python package (how the bundled
+models ship), `file:///<path>` at a local file or folder. Nothing is ever downloaded.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class WeightsNotFound(Exception):
+    """The reference names nothing on this machine."""
+
+
+def resolve(ref: str) -> Path:
+    parsed = urlparse(ref)
+    if parsed.scheme == "package":
+        spec = importlib.util.find_spec(parsed.netloc)
+        if spec is None or not spec.submodule_search_locations:
+            raise WeightsNotFound(f"package {parsed.netloc!r} is not installed")
+        path = Path(next(iter(spec.submodule_search_locations))) / parsed.path.lstrip("/")
+    elif parsed.scheme == "file":
+        path = Path(parsed.path)
+    else:
+        raise WeightsNotFound(f"unsupported weights reference {ref!r}: use package:// or file://")
+    if not path.exists():
+        raise WeightsNotFound(f"{ref} resolves to {path}, which does not exist")
+    return path
+
+
+def cache_dir() -> Path:
+    """Where converted weights are kept between processes (QUERN_MODEL_CACHE_DIR)."""
+    default = Path.home() / ".cache" / "quern" / "models"
+    return Path(os.environ.get("QUERN_MODEL_CACHE_DIR", default))

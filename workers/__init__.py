@@ -1,0 +1,1 @@
+"""Celery workers: load models through models/, run predictions, write results to PostgreSQL."""

@@ -1,0 +1,43 @@
+"""The Celery app of the workers: every setting here says why it is set.
+
+Redis carries prediction ids only; PostgreSQL is the source of truth and results are never
+stored in Celery. Start with `celery -A workers.celery_app worker -Q predictions`.
+"""
+
+from celery import Celery
+
+from workers.settings import get_worker_settings
+
+RUN_PREDICTION_TASK = "quern.predictions.run"
+PREDICTIONS_QUEUE = "predictions"
+
+settings = get_worker_settings()
+assert settings.task_time_limit_s < settings.broker_visibility_timeout_s
+
+app = Celery("quern", broker=settings.redis_url, include=["workers.tasks.predictions"])
+app.conf.update(
+    # Ack after the task ran, so a worker that dies mid-prediction leaves the message to be
+    # redelivered (at least once). Duplicates are harmless: the claim is a conditional UPDATE.
+    task_acks_late=True,
+    # With late acks a killed pool child's message would still be acked; requeue it instead.
+    task_reject_on_worker_lost=True,
+    # One message reserved at a time: a prefetched message waiting past the visibility
+    # timeout would be delivered twice, and reserved work is invisible to other workers.
+    worker_prefetch_multiplier=1,
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    task_time_limit=settings.task_time_limit_s,
+    # Without this, late-ack tasks run twice after a broker connection loss.
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    broker_connection_retry_on_startup=True,
+    # PostgreSQL holds outputs; Celery results would be a second, stale copy.
+    task_ignore_result=True,
+    result_backend=None,
+    task_serializer="json",
+    accept_content=["json"],
+    task_default_queue=PREDICTIONS_QUEUE,
+    task_routes={RUN_PREDICTION_TASK: {"queue": PREDICTIONS_QUEUE}},
+    # Events let Flower follow tasks.
+    worker_send_task_events=True,
+    task_send_sent_event=False,
+    worker_hijack_root_logger=False,
+)

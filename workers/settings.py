@@ -1,0 +1,27 @@
+"""Worker settings, read from the environment (QUERN_WORKER_*, plus REDIS_URL)."""
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUERN_WORKER_", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "QUERN_REDIS_URL"),
+    )
+    # Must equal the API's value: with several apps on one broker the shortest wins.
+    broker_visibility_timeout_s: int = Field(
+        default=3600, validation_alias=AliasChoices("QUERN_BROKER_VISIBILITY_TIMEOUT_S")
+    )
+    # Hard ceiling on one task; kept below the visibility timeout so a slow task is never
+    # redelivered (and run a second time) while it is still running.
+    task_time_limit_s: int = 1800
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()
