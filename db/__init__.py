@@ -1,1 +1,1 @@
-"""Persistence: SQLAlchemy tables, the engine, sessions and repositories. PostgreSQL is the source of truth."""
+"""Persistence: tables, engine, sessions and repositories. PostgreSQL is the source of truth."""

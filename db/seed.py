@@ -96,7 +96,9 @@ def seed(session: Session) -> list[str]:
             model_id = models.create(
                 session, owner_id=owner.id, name=spec["name"], description=spec["description"]
             ).id
-        elif existing.latest_version and _version_fields(existing.latest_version) == spec["version"]:
+        elif (
+            existing.latest_version and _version_fields(existing.latest_version) == spec["version"]
+        ):
             continue
         else:
             model_id = existing.model.id

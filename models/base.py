@@ -13,12 +13,12 @@ class Predictor(Protocol):
         """Load weights and move them to the device. Called once per process."""
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
-        """Run inputs that already passed the version's input schema, in one pass if possible."""
+        """Run inputs that passed the version's input schema, in one pass where possible."""
         ...
 
 
 class PredictionError(Exception):
-    """The model refused an input or failed on it: permanent, the prediction fails with this text."""
+    """The model refused or failed on an input: permanent; the prediction fails with this text."""
 
 
 def pick_device() -> str:

@@ -8,7 +8,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from models.base import pick_device
 
-MAX_TOKENS = 256  # the model's max_seq_length; longer text is truncated, as sentence-transformers does
+MAX_TOKENS = (
+    256  # the model's max_seq_length; longer text is truncated, as sentence-transformers does
+)
 
 
 class EmbeddingsPredictor:

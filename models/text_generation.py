@@ -32,7 +32,7 @@ def converted_gguf(gguf_file: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     # The tensors are plain dequantised floats now; only the quantizer marker forbids saving.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     model.config.__dict__.pop("quantization_config", None)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so a concurrent or killed loader never sees half a folder.
@@ -66,7 +66,8 @@ class TextGenerationPredictor:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        self.model = model.to(self.device)  # type: ignore[arg-type]
         self.model.eval()
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
@@ -107,4 +108,5 @@ class TextGenerationPredictor:
             pad_token_id=self.tokenizer.pad_token_id,
         )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-        return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [str(text) for text in texts]

@@ -18,7 +18,9 @@ def _describe(error: ValidationError) -> list[dict[str, str]]:
     """One entry per offending field, with the field's own path (not its parent's)."""
     if error.validator == "required":
         missing = [name for name in error.validator_value if name not in error.instance]
-        return [{"field": f"{_path(error)}.{name}", "message": "Field required"} for name in missing]
+        return [
+            {"field": f"{_path(error)}.{name}", "message": "Field required"} for name in missing
+        ]
     if error.validator == "additionalProperties":
         allowed = error.schema.get("properties", {})
         unknown = [key for key in error.instance if key not in allowed]

@@ -18,4 +18,6 @@ def to_out(row: ModelWithOwner) -> ModelOut:
 
 
 def list_models(session: Session) -> ModelPage:
-    return ModelPage(next=None, previous=None, results=[to_out(row) for row in models.list(session)])
+    return ModelPage(
+        next=None, previous=None, results=[to_out(row) for row in models.list(session)]
+    )

@@ -1,5 +1,6 @@
 """The model registry: models and their immutable versions."""
 
+import builtins
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,16 +32,16 @@ def _latest_version(session: Session, *, model_id: str) -> ModelVersion | None:
 
 def get(session: Session, *, owner: str, name: str) -> ModelWithOwner | None:
     model = session.scalars(
-        select(Model).join(User, Model.owner_id == User.id).where(
-            User.username == owner, Model.name == name
-        )
+        select(Model)
+        .join(User, Model.owner_id == User.id)
+        .where(User.username == owner, Model.name == name)
     ).one_or_none()
     if model is None:
         return None
     return ModelWithOwner(model, owner, _latest_version(session, model_id=model.id))
 
 
-def list(session: Session) -> list[ModelWithOwner]:  # noqa: A001 - the repository verb
+def list(session: Session) -> builtins.list[ModelWithOwner]:
     rows = session.execute(
         select(Model, User.username)
         .join(User, Model.owner_id == User.id)

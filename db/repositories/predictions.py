@@ -28,7 +28,7 @@ class Cursor:
     id: str
 
 
-def _with_model() -> Select[tuple[Prediction, str, str]]:
+def _with_model() -> Select[Prediction, str, str]:
     return (
         select(Prediction, User.username, Model.name)
         .join(ModelVersion, Prediction.version_id == ModelVersion.id)
@@ -56,7 +56,7 @@ def get(session: Session, *, id: str, owner_id: str | None = None) -> Prediction
     return None if row is None else PredictionWithModel(row[0], f"{row[1]}/{row[2]}")
 
 
-def list(  # noqa: A001 - the repository verb
+def list(
     session: Session,
     *,
     owner_id: str,

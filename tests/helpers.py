@@ -1,0 +1,41 @@
+"""Small helpers shared by the tests."""
+
+import secrets
+from typing import Any
+
+from sqlalchemy import func, select
+
+from db.session import session_scope
+from db.tables import Prediction
+
+
+def new_username() -> str:
+    return f"user-{secrets.token_hex(4)}"
+
+
+def register_and_login(client: Any, username: str | None = None) -> dict[str, str]:
+    """Authorization headers for a brand-new user."""
+    username = username or new_username()
+    password = secrets.token_urlsafe(12)
+    response = client.post("/v1/auth/register", json={"username": username, "password": password})
+    assert response.status_code == 201, response.text
+    response = client.post("/v1/auth/token", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def count_predictions() -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(Prediction)) or 0
+
+
+def assert_problem(response: Any, status: int, *fields: str) -> dict[str, Any]:
+    """A problem+json error with this status whose detail or invalid_fields names `fields`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    named = {item["field"] for item in body.get("invalid_fields", [])}
+    for field in fields:
+        assert field in named or field in body["detail"], (field, body)
+    return body

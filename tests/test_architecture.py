@@ -1,0 +1,40 @@
+"""Layering promises that a refactor could silently break."""
+
+import subprocess
+import sys
+
+
+def test_importing_the_api_does_not_import_torch() -> None:
+    code = (
+        "import sys, api.main\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'transformers'})\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_api_and_workers_agree_on_task_name_queue_and_visibility_timeout() -> None:
+    from api import queue
+    from api.settings import get_api_settings
+    from workers import celery_app
+
+    celery_app.app.loader.import_default_modules()  # what a worker does at start
+    assert queue.RUN_PREDICTION_TASK == celery_app.RUN_PREDICTION_TASK
+    assert queue.PREDICTIONS_QUEUE == celery_app.PREDICTIONS_QUEUE
+    assert queue.RUN_PREDICTION_TASK in celery_app.app.tasks
+    worker_timeout = celery_app.app.conf.broker_transport_options["visibility_timeout"]
+    api_timeout = queue.get_client().conf.broker_transport_options["visibility_timeout"]
+    assert worker_timeout == api_timeout == get_api_settings().broker_visibility_timeout_s
+    assert celery_app.app.conf.task_time_limit < worker_timeout
+
+
+def test_api_and_workers_never_import_each_other() -> None:
+    from pathlib import Path
+
+    for package, forbidden in (("api", "workers"), ("workers", "api"), ("db", "api"),
+                               ("db", "workers"), ("models", "api"), ("models", "workers"),
+                               ("models", "db")):  # fmt: skip
+        for path in Path(package).rglob("*.py"):
+            text = path.read_text()
+            assert f"from {forbidden}" not in text and f"import {forbidden}" not in text, path

@@ -1,0 +1,106 @@
+"""The whole pipeline for real: uvicorn → PostgreSQL → Redis → a Celery worker process → models."""
+
+import math
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from celery import Celery
+
+from tests.conftest import DATABASE_URL, WORKER_REDIS_URL
+from tests.helpers import register_and_login
+from tests.processes import free_port, http_ok, start, stop, wait_for_prediction, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class LiveStack:
+    base_url: str
+    client: httpx.Client
+    headers: dict[str, str]
+    worker_log: Path
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """A uvicorn API and a separate Celery worker process on the run's database and Redis."""
+    logs = tmp_path_factory.mktemp("live")
+    env = os.environ | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": WORKER_REDIS_URL}
+    port = free_port()
+    worker = start(
+        ["-m", "celery", "-A", "workers.celery_app", "worker", "-P", "solo", "-Q", "predictions",
+         "-n", f"test-{secrets.token_hex(3)}@%h", "--loglevel", "INFO"],
+        env, logs / "worker.log",
+    )  # fmt: skip
+    api = start(
+        ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        logs / "api.log",
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{base_url}/health"), 60, "the API")
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            yield LiveStack(base_url, client, register_and_login(client), logs / "worker.log")
+    finally:
+        stop(api)
+        stop(worker)
+
+
+def create(live: LiveStack, model: str, input: dict[str, object]) -> dict[str, object]:
+    response = live.client.post(
+        "/v1/predictions", json={"model": model, "input": input}, headers=live.headers
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, object] = response.json()
+    return created
+
+
+def test_embedding_prediction_succeeds_with_384_normalised_floats(live: LiveStack) -> None:
+    created = create(live, "quern/all-minilm-l6-v2", {"text": "Quern grinds grain."})
+    url = f"/v1/predictions/{created['id']}"
+    done = wait_for_prediction(live.client, url, live.headers, timeout=240)
+    assert done["status"] == "succeeded", done
+    output = done["output"]
+    assert isinstance(output, list) and len(output) == 384
+    assert all(isinstance(x, float) for x in output)
+    assert math.isclose(math.sqrt(sum(x * x for x in output)), 1.0, rel_tol=1e-4)
+    metrics = done["metrics"]
+    assert isinstance(metrics, dict)
+    assert metrics["predict_time"] > 0 and metrics["attempts"] == 1 and metrics["batch_size"] == 1
+    assert done["started_at"] and done["completed_at"] and "Predicted in" in str(done["logs"])
+
+
+def test_text_generation_prediction_succeeds_with_text(live: LiveStack) -> None:
+    created = create(
+        live,
+        "quern/smollm2-135m-instruct",
+        {"prompt": "What is the capital of France?", "max_new_tokens": 12, "temperature": 0},
+    )
+    done = wait_for_prediction(
+        live.client, f"/v1/predictions/{created['id']}", live.headers, timeout=300
+    )
+    assert done["status"] == "succeeded", done
+    assert isinstance(done["output"], str) and done["output"].strip()
+    assert "Paris" in done["output"]
+
+
+def test_a_duplicate_delivery_of_a_finished_prediction_changes_nothing(live: LiveStack) -> None:
+    created = create(live, "quern/all-minilm-l6-v2", {"text": "once"})
+    url = f"/v1/predictions/{created['id']}"
+    done = wait_for_prediction(live.client, url, live.headers, timeout=240)
+    assert done["status"] == "succeeded"
+
+    broker = Celery(broker=WORKER_REDIS_URL, set_as_current=False)
+    broker.send_task("quern.predictions.run", args=[created["id"]], queue="predictions")
+    wait_until(
+        lambda: f"prediction {created['id']} is not startable" in live.worker_log.read_text(),
+        60,
+        "the worker to ignore the duplicate",
+    )
+    assert live.client.get(url, headers=live.headers).json() == done
