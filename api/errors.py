@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
+        titles = {
+            400: "Bad request",
+            404: "Not found",
+            405: "Method not allowed",
+            413: "Payload too large",
+        }
+        title = titles.get(exc.status_code, "Error")
         headers = dict(exc.headers) if exc.headers else None
         return problem(exc.status_code, title, str(exc.detail), headers=headers)
 
@@ -133,8 +139,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(
             503,
             "Service unavailable",
-            "The database is unreachable; nothing was changed. Retry shortly.",
+            "The database is unreachable. Retry shortly.",
             headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(DataError)
+    async def unstorable_data(request: Request, exc: DataError) -> JSONResponse:
+        # A safety net: validation should have caught it (NUL bytes, bad Unicode, NaN).
+        log.warning("database refused data on %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            400,
+            "Bad request",
+            "The request contains data that cannot be stored (NUL bytes, invalid Unicode, NaN)",
         )
 
     @app.exception_handler(Exception)

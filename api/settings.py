@@ -24,6 +24,8 @@ class ApiSettings(BaseSettings):
     )
     # Must equal the workers' value: with several apps on one broker the shortest wins.
     broker_visibility_timeout_s: int = 3600
+    # Starlette has no limit of its own; prompts and texts fit easily in this.
+    max_body_bytes: int = 1024 * 1024
     page_size_default: int = 20
     page_size_max: int = 100
 

@@ -15,10 +15,13 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from models.base import pick_device
+from models.base import PredictionError, pick_device
 from models.weights import cache_dir
 
 log = logging.getLogger(__name__)
+
+# Attention memory grows with the square of the length: bound the prompt, not just its characters.
+MAX_PROMPT_TOKENS = 2048
 
 
 def converted_gguf(gguf_file: Path) -> Path:
@@ -95,6 +98,15 @@ class TextGenerationPredictor:
         encoded = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False
         ).to(self.device)
+        longest = int(encoded["attention_mask"].sum(dim=1).max())
+        if longest > MAX_PROMPT_TOKENS:
+            raise PredictionError(
+                f"The prompt is {longest} tokens long; the limit is {MAX_PROMPT_TOKENS}"
+            )
+        with torch.random.fork_rng(devices=[]):  # a seed must not leak into later predictions
+            return self._sample(encoded, first)
+
+    def _sample(self, encoded: Any, first: dict[str, Any]) -> list[str]:
         sampling = first["temperature"] > 0
         if first.get("seed") is not None:
             torch.manual_seed(first["seed"])

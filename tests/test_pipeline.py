@@ -104,3 +104,12 @@ def test_a_duplicate_delivery_of_a_finished_prediction_changes_nothing(live: Liv
         "the worker to ignore the duplicate",
     )
     assert live.client.get(url, headers=live.headers).json() == done
+
+
+def test_a_prompt_over_the_token_limit_fails_with_a_clear_error(live: LiveStack) -> None:
+    created = create(live, "quern/smollm2-135m-instruct", {"prompt": "🙂" * 3000})
+    done = wait_for_prediction(
+        live.client, f"/v1/predictions/{created['id']}", live.headers, timeout=300
+    )
+    assert done["status"] == "failed"
+    assert "the limit is 2048" in str(done["error"])

@@ -6,10 +6,11 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from api.schemas.base import RequestBody, ResponseBody
+from db.ids import ID_PATTERN
 
 
 class PredictionCreate(RequestBody):
-    version: str | None = Field(default=None, max_length=64, description="A model version id.")
+    version: str | None = Field(default=None, pattern=ID_PATTERN, description="A version id.")
     model: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$",

@@ -5,6 +5,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 
 from api.errors import Unprocessable
+from db.storable import unstorable
 
 
 def _path(error: ValidationError) -> str:
@@ -25,33 +26,25 @@ def _describe(error: ValidationError) -> list[dict[str, str]]:
         allowed = error.schema.get("properties", {})
         unknown = [key for key in error.instance if key not in allowed]
         return [{"field": f"{_path(error)}.{key}", "message": "Unknown field"} for key in unknown]
-    return [{"field": _path(error), "message": error.message}]
+    return [{"field": _path(error), "message": _message(error)}]
 
 
-def _unstorable_strings(value: Any, path: str) -> list[dict[str, str]]:
-    """PostgreSQL text cannot hold NUL, and UTF-8 cannot hold lone surrogates."""
-    problems: list[dict[str, str]] = []
-    if isinstance(value, str):
-        if "\x00" in value:
-            problems.append({"field": path, "message": "NUL characters are not allowed"})
-        elif not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                problems.append({"field": path, "message": "Invalid Unicode (lone surrogate)"})
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            problems += _unstorable_strings(key, f"{path}.<key>")
-            problems += _unstorable_strings(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            problems += _unstorable_strings(item, f"{path}[{index}]")
-    return problems
+def _message(error: ValidationError) -> str:
+    """jsonschema's messages quote the offending value: fine for `5`, not for a 5 MB string."""
+    if error.validator == "maxLength":
+        return f"Longer than {error.validator_value} characters"
+    if error.validator == "minLength":
+        return f"Shorter than {error.validator_value} characters"
+    if error.validator in ("maxItems", "minItems"):
+        bound = "most" if error.validator == "maxItems" else "least"
+        return f"Must have at {bound} {error.validator_value} items"
+    message = str(error.message)
+    return message if len(message) <= 200 else message[:197] + "..."
 
 
 def validate_input(schema: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """The input to store: `given` plus the schema's top-level defaults. 422 if invalid."""
-    invalid = _unstorable_strings(given, "input")
+    invalid = [{"field": path, "message": reason} for path, reason in unstorable(given, "input")]
     if not invalid:
         filled = dict(given)
         for name, prop in schema.get("properties", {}).items():

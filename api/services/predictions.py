@@ -17,6 +17,7 @@ from api.schemas.predictions import (
     PredictionUrls,
 )
 from api.services.inputs import validate_input
+from db.ids import is_id
 from db.repositories import models, predictions
 from db.repositories.predictions import UNFINISHED, Cursor, PredictionWithModel
 from db.tables import ModelVersion, PredictionStatus, User
@@ -83,7 +84,11 @@ def create(tx: Transaction, user: User, body: PredictionCreate, base_url: str) -
 
 
 def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
-    row = predictions.get(tx.session, id=prediction_id, owner_id=user.id)
+    row = (
+        predictions.get(tx.session, id=prediction_id, owner_id=user.id)
+        if is_id(prediction_id)
+        else None
+    )
     if row is None:
         raise NotFound(f"No prediction {prediction_id!r}")
     return to_out(row, base_url)
@@ -91,6 +96,8 @@ def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> Predi
 
 def cancel(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
     """Queued: it will never run. Running: its result is discarded when it finishes."""
+    if not is_id(prediction_id):
+        raise NotFound(f"No prediction {prediction_id!r}")
     predictions.update_status(
         tx.session,
         id=prediction_id,
@@ -110,9 +117,12 @@ def _decode_cursor(cursor: str) -> tuple[str, Cursor]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         direction, created_at, prediction_id = json.loads(raw)
-        if direction not in ("next", "previous"):
+        position = Cursor(datetime.fromisoformat(created_at), prediction_id)
+        if direction not in ("next", "previous") or position.created_at.tzinfo is None:
             raise ValueError(direction)
-        return direction, Cursor(datetime.fromisoformat(created_at), str(prediction_id))
+        if not isinstance(prediction_id, str) or not is_id(prediction_id):
+            raise ValueError(prediction_id)
+        return direction, position
     except (binascii.Error, ValueError, TypeError) as exc:
         raise BadRequest("Invalid cursor: pass back a `next` or `previous` URL as given") from exc
 

@@ -187,3 +187,70 @@ def test_models_lists_both_builtin_models_with_schemas(client: TestClient, auth)
     schema = by_name["smollm2-135m-instruct"]["latest_version"]["input_schema"]
     assert schema["required"] == ["prompt"]
     assert "weights" not in by_name["all-minilm-l6-v2"]["latest_version"]
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_in_input_are_422(client: TestClient, auth, number: str) -> None:
+    body = f'{{"model": "{LLM}", "input": {{"prompt": "a", "top_p": {number}}}}}'
+    before = count_predictions()
+    response = client.post(
+        "/v1/predictions", content=body, headers=auth | {"Content-Type": "application/json"}
+    )
+    assert_problem(response, 422, "input.top_p")
+    assert count_predictions() == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/predictions/%00"),
+        ("GET", "/v1/predictions/" + "a" * 500),
+        ("POST", "/v1/predictions/ab%00cd/cancel"),
+    ],
+)
+def test_malformed_prediction_ids_are_404(client: TestClient, auth, method, path) -> None:
+    assert_problem(client.request(method, path, headers=auth), 404)
+
+
+def test_version_with_nul_is_422(client: TestClient, auth) -> None:
+    response = client.post(
+        "/v1/predictions", json={"version": "ab\x00c", "input": {"text": "a"}}, headers=auth
+    )
+    assert_problem(response, 422, "version")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        ["next", "2026-01-01T00:00:00+00:00", "a\x00"],
+        ["next", "2026-01-01T00:00:00", "a" * 26],
+        ["sideways", "2026-01-01T00:00:00+00:00", "a" * 26],
+        ["next", "2026-01-01T00:00:00+00:00", 5],
+    ],
+)
+def test_crafted_cursors_are_400(client: TestClient, auth, cursor) -> None:
+    token = base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
+    assert_problem(client.get(f"/v1/predictions?cursor={token}", headers=auth), 400, "cursor")
+
+
+def test_nul_in_login_form_is_a_4xx(client: TestClient) -> None:
+    response = client.post("/v1/auth/token", data={"username": "a\x00b", "password": "x"})
+    assert 400 <= response.status_code < 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_huge_string_gets_a_short_422(client: TestClient, auth) -> None:
+    response = client.post(
+        "/v1/predictions", json={"model": LLM, "input": {"prompt": "x" * 900_000}}, headers=auth
+    )
+    assert_problem(response, 422, "input.prompt")
+    assert len(response.content) < 2_000
+
+
+def test_oversized_body_is_413_and_writes_nothing(client: TestClient, auth) -> None:
+    before = count_predictions()
+    response = client.post(
+        "/v1/predictions", json={"model": EMBED, "input": {"text": "x" * 2_000_000}}, headers=auth
+    )
+    assert_problem(response, 413)
+    assert count_predictions() == before

@@ -8,6 +8,7 @@ from celery import Task
 
 from db.repositories import predictions
 from db.session import session_scope
+from db.storable import unstorable
 from db.tables import PredictionStatus
 from models.base import PredictionError
 from models.registry import UnknownModelType
@@ -21,6 +22,7 @@ PROCESSING = (PredictionStatus.PROCESSING,)
 
 
 def _fail(prediction_id: str, error: str, logs: str) -> None:
+    error = error.replace("\x00", "\\0")  # a model's message may hold anything
     with session_scope() as session:
         predictions.update_status(
             session,
@@ -57,6 +59,15 @@ def run_prediction(self: Task[Any, Any], prediction_id: str) -> None:
         _fail(prediction_id, f"{type(exc).__name__}: {exc}", "\n".join(logs))
         return
     logs.append(f"Predicted in {predict_time:.3f}s")
+    bad_output = unstorable(output, "output")
+    if bad_output:
+        path, reason = bad_output[0]
+        _fail(
+            prediction_id,
+            f"The model returned an unstorable value at {path}: {reason}",
+            "\n".join(logs),
+        )
+        return
 
     with session_scope() as session:
         recorded = predictions.update_status(
