@@ -115,7 +115,6 @@ def main() -> None:
 
     env = dict(os.environ)
     env.setdefault("QUERN_ENV", "development")
-    env.setdefault("QUERN_MODEL_CACHE_DIR", str(state / "model-cache"))
     children: list[subprocess.Popen[bytes]] = []
     if "DATABASE_URL" not in env:
         env["DATABASE_URL"] = start_postgres(state)
