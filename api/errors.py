@@ -81,6 +81,11 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def summarize(invalid_fields: list[dict[str, str]]) -> str:
+    """`detail` for a 422: every field and what is wrong with it, on one line."""
+    return "; ".join(f"{item['field']}: {item['message']}" for item in invalid_fields)
+
+
 def field_path(loc: tuple[int | str, ...]) -> str:
     """('body', 'input', 'text') -> 'input.text'; list indexes as [0]."""
     parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
@@ -92,9 +97,9 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 
 def _validation_problem(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    if any(error["type"] == "json_invalid" for error in errors):
-        error = next(e for e in errors if e["type"] == "json_invalid")
-        reason = error.get("ctx", {}).get("error", "invalid JSON")
+    malformed = next((e for e in errors if e["type"] == "json_invalid"), None)
+    if malformed is not None:
+        reason = malformed.get("ctx", {}).get("error", "invalid JSON")
         return problem(400, "Malformed JSON", f"The request body is not valid JSON: {reason}")
     invalid = []
     for error in errors:
@@ -102,8 +107,7 @@ def _validation_problem(exc: RequestValidationError) -> JSONResponse:
         if error["type"] == "extra_forbidden":
             message = "Unknown field"
         invalid.append({"field": field_path(tuple(error["loc"])), "message": message})
-    summary = "; ".join(f"{item['field']}: {item['message']}" for item in invalid)
-    return problem(422, "Unprocessable entity", summary, invalid_fields=invalid)
+    return problem(422, "Unprocessable entity", summarize(invalid), invalid_fields=invalid)
 
 
 def install_error_handlers(app: FastAPI) -> None:

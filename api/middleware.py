@@ -27,9 +27,7 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-
-    def _too_large(self) -> HTTPException:
-        return HTTPException(413, f"The request body is larger than {self.max_bytes} bytes")
+        self.detail = f"The request body is larger than {max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,8 +35,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_bytes:
-            error = self._too_large()
-            await problem(413, "Payload too large", error.detail)(scope, receive, send)
+            await problem(413, "Payload too large", self.detail)(scope, receive, send)
             return
         received = 0
 
@@ -47,7 +44,8 @@ class BodySizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise self._too_large()  # FastAPI passes HTTPExceptions from body reading through
+                # FastAPI lets an HTTPException raised while reading the body through.
+                raise HTTPException(413, self.detail)
             return message
 
         await self.app(scope, limited_receive, send)

@@ -5,7 +5,6 @@ so every later load in any process takes well under a second.
 """
 
 import hashlib
-import itertools
 import logging
 import shutil
 import tempfile
@@ -75,9 +74,10 @@ class TextGenerationPredictor:
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
         outputs: list[Any] = [None] * len(inputs)
-        order = sorted(range(len(inputs)), key=lambda i: repr(generation_key(inputs[i])))
-        for _, group in itertools.groupby(order, key=lambda i: repr(generation_key(inputs[i]))):
-            indices = list(group)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, item in enumerate(inputs):
+            groups.setdefault(generation_key(item), []).append(index)
+        for indices in groups.values():
             texts = self._generate([inputs[i] for i in indices])
             for i, text in zip(indices, texts, strict=True):
                 outputs[i] = text

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_USER = "demo"
@@ -60,8 +61,6 @@ def start_redis(state: Path, port: int) -> tuple[str, subprocess.Popen[bytes]]:
         if process.poll() is not None:
             sys.exit(f"embedded Redis exited; see {state / 'redis.log'} (port {port} taken?)")
         try:
-            import redis
-
             redis.Redis.from_url(url, socket_connect_timeout=0.2).ping()
             break
         except redis.ConnectionError:

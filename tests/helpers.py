@@ -24,6 +24,20 @@ def register_and_login(client: Any, username: str | None = None) -> dict[str, st
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+def create_prediction_row() -> str:
+    """A `starting` embeddings prediction of a new user, written straight to the database."""
+    from db.repositories import models, predictions, users
+    from db.seed import SYSTEM_USER
+
+    with session_scope() as session:
+        owner = users.create(session, username=new_username(), password_hash=None)
+        model = models.get(session, owner=SYSTEM_USER, name="all-minilm-l6-v2")
+        assert model is not None and model.latest_version is not None
+        return predictions.create(
+            session, owner_id=owner.id, version_id=model.latest_version.id, input={"text": "x"}
+        ).id
+
+
 def count_predictions() -> int:
     with session_scope() as session:
         return session.scalar(select(func.count()).select_from(Prediction)) or 0

@@ -4,7 +4,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
-from api.errors import Unprocessable
+from api.errors import Unprocessable, summarize
 from db.storable import unstorable
 
 
@@ -55,6 +55,5 @@ def validate_input(schema: dict[str, Any], given: dict[str, Any]) -> dict[str, A
         )
         invalid = [item for error in errors for item in _describe(error)]
     if invalid:
-        summary = "; ".join(f"{item['field']}: {item['message']}" for item in invalid)
-        raise Unprocessable(f"Invalid input: {summary}", invalid_fields=invalid)
+        raise Unprocessable(f"Invalid input: {summarize(invalid)}", invalid_fields=invalid)
     return filled

@@ -47,10 +47,15 @@ def list(session: Session) -> builtins.list[ModelWithOwner]:
         .join(User, Model.owner_id == User.id)
         .order_by(User.username, Model.name)
     ).all()
-    return [
-        ModelWithOwner(model, owner, _latest_version(session, model_id=model.id))
-        for model, owner in rows
-    ]
+    latest = {
+        version.model_id: version
+        for version in session.scalars(
+            select(ModelVersion)
+            .distinct(ModelVersion.model_id)
+            .order_by(ModelVersion.model_id, ModelVersion.created_at.desc(), ModelVersion.id.desc())
+        )
+    }
+    return [ModelWithOwner(model, owner, latest.get(model.id)) for model, owner in rows]
 
 
 def get_version(session: Session, *, id: str) -> tuple[ModelVersion, str] | None:

@@ -2,23 +2,17 @@
 
 import pytest
 
-from db.repositories import models, predictions, users
+from db.repositories import predictions
 from db.repositories.predictions import UNFINISHED
-from db.seed import SYSTEM_USER, seed
+from db.seed import seed
 from db.session import session_scope
 from db.tables import PredictionStatus
-from tests.helpers import new_username
+from tests.helpers import create_prediction_row
 
 
 @pytest.fixture
 def prediction_id() -> str:
-    with session_scope() as session:
-        owner = users.create(session, username=new_username(), password_hash=None)
-        model = models.get(session, owner=SYSTEM_USER, name="all-minilm-l6-v2")
-        assert model is not None and model.latest_version is not None
-        return predictions.create(
-            session, owner_id=owner.id, version_id=model.latest_version.id, input={"text": "x"}
-        ).id
+    return create_prediction_row()
 
 
 def test_second_claim_of_the_same_prediction_is_a_no_op(prediction_id: str) -> None:

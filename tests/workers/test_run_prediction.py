@@ -5,10 +5,9 @@ from typing import Any
 
 import pytest
 
-from db.repositories import models, predictions, users
-from db.seed import SYSTEM_USER
+from db.repositories import predictions
 from db.session import session_scope
-from tests.helpers import new_username
+from tests.helpers import create_prediction_row
 from workers import runtime
 from workers.tasks.predictions import run_prediction
 
@@ -33,13 +32,7 @@ class Raises:
 
 @pytest.fixture
 def prediction_id() -> str:
-    with session_scope() as session:
-        owner = users.create(session, username=new_username(), password_hash=None)
-        model = models.get(session, owner=SYSTEM_USER, name="all-minilm-l6-v2")
-        assert model is not None and model.latest_version is not None
-        return predictions.create(
-            session, owner_id=owner.id, version_id=model.latest_version.id, input={"text": "x"}
-        ).id
+    return create_prediction_row()
 
 
 def run_with(predictor: Any, prediction_id: str, monkeypatch: pytest.MonkeyPatch) -> Any:
