@@ -32,12 +32,17 @@ def get_client() -> Celery:
     return client
 
 
-def enqueue_prediction(prediction_id: str) -> bool:
-    """Publish after the row is committed. False when Redis is unreachable: the row stays
-    `starting` and can be re-enqueued; the client already has its 201."""
+def enqueue_prediction(prediction_id: str, version_id: str) -> bool:
+    """Publish after the row is committed; the version id lets the worker batch it unread.
+
+    False when Redis is unreachable: the row stays `starting` and can be re-enqueued; the
+    client already has its 201."""
     try:
         get_client().send_task(
-            RUN_PREDICTION_TASK, args=[prediction_id], queue=PREDICTIONS_QUEUE, ignore_result=True
+            RUN_PREDICTION_TASK,
+            args=[prediction_id, version_id],
+            queue=PREDICTIONS_QUEUE,
+            ignore_result=True,
         )
     except Exception:
         log.exception("could not enqueue prediction %s; it stays starting", prediction_id)

@@ -1,11 +1,13 @@
 """The Predictor protocol: set up once per process, predict many batches."""
 
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
 
 class Predictor(Protocol):
-    """A loaded model. `predict_batch` returns one output per input, in order."""
+    """A loaded model. `predict_batch` returns one output per input, in order; an input the
+    model refuses gets a `PredictionError` in its place, so it fails without its batch."""
 
     def __init__(self, weights: Path) -> None: ...
 
@@ -26,3 +28,11 @@ def pick_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (or CPU) allocation failure: the batch may fit once split."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # never import torch just to classify an error
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)

@@ -75,34 +75,34 @@ class TextGenerationPredictor:
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
         outputs: list[Any] = [None] * len(inputs)
         groups: dict[tuple[Any, ...], list[int]] = {}
+        prompts = [self._chat_prompt(item["prompt"]) for item in inputs]
         for index, item in enumerate(inputs):
-            groups.setdefault(generation_key(item), []).append(index)
+            length = len(self.tokenizer(prompts[index], add_special_tokens=False)["input_ids"])
+            if length > MAX_PROMPT_TOKENS:
+                outputs[index] = PredictionError(
+                    f"The prompt is {length} tokens long; the limit is {MAX_PROMPT_TOKENS}"
+                )
+            else:
+                groups.setdefault(generation_key(item), []).append(index)
         for indices in groups.values():
-            texts = self._generate([inputs[i] for i in indices])
+            texts = self._generate([prompts[i] for i in indices], inputs[indices[0]])
             for i, text in zip(indices, texts, strict=True):
                 outputs[i] = text
         return outputs
 
-    @torch.inference_mode()
-    def _generate(self, inputs: list[dict[str, Any]]) -> list[str]:
-        """One forward pass for inputs that share generation parameters."""
-        first = inputs[0]
-        prompts = [
+    def _chat_prompt(self, prompt: str) -> str:
+        return str(
             self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": item["prompt"]}],
-                add_generation_prompt=True,
-                tokenize=False,
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
             )
-            for item in inputs
-        ]
+        )
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[str], first: dict[str, Any]) -> list[str]:
+        """One forward pass for prompts that share generation parameters (those of `first`)."""
         encoded = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False
         ).to(self.device)
-        longest = int(encoded["attention_mask"].sum(dim=1).max())
-        if longest > MAX_PROMPT_TOKENS:
-            raise PredictionError(
-                f"The prompt is {longest} tokens long; the limit is {MAX_PROMPT_TOKENS}"
-            )
         with torch.random.fork_rng(devices=[]):  # a seed must not leak into later predictions
             return self._sample(encoded, first)
 

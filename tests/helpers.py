@@ -24,17 +24,46 @@ def register_and_login(client: Any, username: str | None = None) -> dict[str, st
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
-def create_prediction_row() -> str:
-    """A `starting` embeddings prediction of a new user, written straight to the database."""
+def create_version(
+    *, max_batch_size: int, max_batch_wait_ms: int, builtin: str = "all-minilm-l6-v2"
+) -> str:
+    """A new model (owned by the system user) whose one version copies a built-in model's
+    latest version with these batching limits. Returns the version id."""
+    from db.repositories import models
+    from db.seed import SYSTEM_USER
+
+    with session_scope() as session:
+        original = models.get(session, owner=SYSTEM_USER, name=builtin)
+        assert original is not None and original.latest_version is not None
+        base = original.latest_version
+        model = models.create(session, owner_id=original.model.owner_id, name=new_username())
+        return models.create_version(
+            session,
+            model_id=model.id,
+            model_type=base.model_type,
+            weights=base.weights,
+            input_schema=base.input_schema,
+            hardware=base.hardware,
+            max_batch_size=max_batch_size,
+            max_batch_wait_ms=max_batch_wait_ms,
+            run_timeout_s=base.run_timeout_s,
+        ).id
+
+
+def create_prediction_row(version_id: str | None = None, text: str = "x") -> str:
+    """A `starting` prediction of a new user (of the built-in embeddings model unless
+    `version_id` is given), written straight to the database."""
     from db.repositories import models, predictions, users
     from db.seed import SYSTEM_USER
 
     with session_scope() as session:
         owner = users.create(session, username=new_username(), password_hash=None)
-        model = models.get(session, owner=SYSTEM_USER, name="all-minilm-l6-v2")
-        assert model is not None and model.latest_version is not None
+        if version_id is None:
+            model = models.get(session, owner=SYSTEM_USER, name="all-minilm-l6-v2")
+            assert model is not None and model.latest_version is not None
+            version_id = model.latest_version.id
         return predictions.create(
-            session, owner_id=owner.id, version_id=model.latest_version.id, input={"text": "x"}
+            session, owner_id=owner.id, version_id=version_id, input={"text": text}
         ).id
 
 

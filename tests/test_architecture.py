@@ -1,5 +1,6 @@
 """Layering promises that a refactor could silently break."""
 
+import inspect
 import subprocess
 import sys
 
@@ -23,6 +24,12 @@ def test_api_and_workers_agree_on_task_name_queue_and_visibility_timeout() -> No
     assert queue.RUN_PREDICTION_TASK == celery_app.RUN_PREDICTION_TASK
     assert queue.PREDICTIONS_QUEUE == celery_app.PREDICTIONS_QUEUE
     assert queue.RUN_PREDICTION_TASK in celery_app.app.tasks
+    task = celery_app.app.tasks[queue.RUN_PREDICTION_TASK]
+    assert list(inspect.signature(task.run).parameters) == ["prediction_id", "version_id"]
+    assert list(inspect.signature(queue.enqueue_prediction).parameters) == [
+        "prediction_id",
+        "version_id",
+    ]
     worker_timeout = celery_app.app.conf.broker_transport_options["visibility_timeout"]
     api_timeout = queue.get_client().conf.broker_transport_options["visibility_timeout"]
     assert worker_timeout == api_timeout == get_api_settings().broker_visibility_timeout_s

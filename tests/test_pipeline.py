@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 
 from tests.conftest import DATABASE_URL, WORKER_REDIS_URL
-from tests.helpers import register_and_login
+from tests.helpers import create_version, register_and_login
 from tests.processes import free_port, http_ok, start, stop, wait_for_prediction, wait_until
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     env = os.environ | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": WORKER_REDIS_URL}
     port = free_port()
     worker = start(
-        ["-m", "celery", "-A", "workers.celery_app", "worker", "-P", "solo", "-Q", "predictions",
+        ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions",
          "-n", f"test-{secrets.token_hex(3)}@%h", "--loglevel", "INFO"],
         env, logs / "worker.log",
     )  # fmt: skip
@@ -52,9 +52,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         stop(worker)
 
 
-def create(live: LiveStack, model: str, input: dict[str, object]) -> dict[str, object]:
+def create(
+    live: LiveStack, model: str, input: dict[str, object], *, version: str | None = None
+) -> dict[str, object]:
+    body = {"version": version} if version else {"model": model}
     response = live.client.post(
-        "/v1/predictions", json={"model": model, "input": input}, headers=live.headers
+        "/v1/predictions", json=body | {"input": input}, headers=live.headers
     )
     assert response.status_code == 201, response.text
     created: dict[str, object] = response.json()
@@ -97,7 +100,9 @@ def test_a_duplicate_delivery_of_a_finished_prediction_changes_nothing(live: Liv
     assert done["status"] == "succeeded"
 
     broker = Celery(broker=WORKER_REDIS_URL, set_as_current=False)
-    broker.send_task("quern.predictions.run", args=[created["id"]], queue="predictions")
+    broker.send_task(
+        "quern.predictions.run", args=[created["id"], created["version"]], queue="predictions"
+    )
     wait_until(
         lambda: f"prediction {created['id']} is not startable" in live.worker_log.read_text(),
         60,
@@ -113,3 +118,33 @@ def test_a_prompt_over_the_token_limit_fails_with_a_clear_error(live: LiveStack)
     )
     assert done["status"] == "failed"
     assert "the limit is 2048" in str(done["error"])
+
+
+def test_predictions_queued_together_share_one_forward_pass(live: LiveStack) -> None:
+    version = create_version(max_batch_size=6, max_batch_wait_ms=2000)
+    created = [create(live, "", {"text": f"sentence {n}"}, version=version) for n in range(6)]
+    done = [
+        wait_for_prediction(live.client, f"/v1/predictions/{c['id']}", live.headers, 240)
+        for c in created
+    ]
+    assert [d["status"] for d in done] == ["succeeded"] * 6
+    assert [d["metrics"]["batch_size"] for d in done] == [6] * 6  # type: ignore[index]
+    assert len({d["completed_at"] for d in done}) == 1  # recorded in one transaction
+
+
+def test_text_generation_batches_prompts_with_the_same_parameters(live: LiveStack) -> None:
+    version = create_version(
+        max_batch_size=3, max_batch_wait_ms=2000, builtin="smollm2-135m-instruct"
+    )
+    prompts = ["Say hello.", "What is 2 + 2? Answer with one word.", "Name a fruit."]
+    created = [
+        create(live, "", {"prompt": p, "max_new_tokens": 8, "temperature": 0}, version=version)
+        for p in prompts
+    ]
+    done = [
+        wait_for_prediction(live.client, f"/v1/predictions/{c['id']}", live.headers, 300)
+        for c in created
+    ]
+    assert [d["status"] for d in done] == ["succeeded"] * 3, done
+    assert all(isinstance(d["output"], str) and d["output"].strip() for d in done)
+    assert [d["metrics"]["batch_size"] for d in done] == [3] * 3  # type: ignore[index]

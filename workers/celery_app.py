@@ -21,10 +21,19 @@ app.conf.update(
     task_acks_late=True,
     # With late acks a killed pool child's message would still be acked; requeue it instead.
     task_reject_on_worker_lost=True,
-    # One message reserved at a time: a prefetched message waiting past the visibility
-    # timeout would be delivered twice, and reserved work is invisible to other workers.
+    # Threads, not processes: every task thread of a process hands its prediction to the same
+    # in-process batcher (workers/batcher.py), and models load once per process. Torch
+    # releases the GIL while it computes; cancellation and timeouts are cooperative here.
+    worker_pool="threads",
+    # Up to this many predictions of this process are in flight (running or waiting for a
+    # batch): it caps the batch size a process can reach, so keep it >= max_batch_size.
+    worker_concurrency=settings.concurrency,
+    # One reserved message per thread and no more: a message waiting in the prefetch buffer
+    # past the visibility timeout would be delivered twice, and reserved work is invisible to
+    # other workers. The batch forms from messages already being executed.
     worker_prefetch_multiplier=1,
     broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    # Enforced by the prefork and solo pools only; under threads the run timeout is cooperative.
     task_time_limit=settings.task_time_limit_s,
     # Without this, late-ack tasks run twice after a broker connection loss.
     worker_cancel_long_running_tasks_on_connection_loss=True,

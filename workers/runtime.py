@@ -1,7 +1,7 @@
-"""Per-process model cache: each version is loaded once per worker process and reused.
+"""Per-process state of a worker: the model versions it has seen and the models it has loaded.
 
-Loading happens lazily in the process that predicts (never in a forking parent), behind a
-lock, so it works in the solo, threads and prefork pools alike.
+Models load lazily in the process that predicts (never in a forking parent), behind a lock,
+so it works in the threads pool the workers use (where `worker_process_init` never fires).
 """
 
 import logging
@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from db.session import session_scope
 from db.tables import ModelVersion
 from models import registry, weights
 from models.base import Predictor
@@ -22,8 +23,23 @@ class LoadedModel:
     load_seconds: float
 
 
+_versions: dict[str, ModelVersion] = {}
 _loaded: dict[str, LoadedModel] = {}
 _lock = threading.Lock()
+# One forward pass at a time per process: two models computing at once would only fight
+# over the same cores (or GPU) and make both slower.
+compute_lock = threading.Lock()
+
+
+def get_version(version_id: str) -> ModelVersion:
+    """Versions are immutable, so each is read once per process."""
+    version = _versions.get(version_id)
+    if version is None:
+        with session_scope() as session:
+            version = session.get_one(ModelVersion, version_id)
+            session.expunge(version)
+        _versions[version_id] = version
+    return version
 
 
 def get_predictor(version: ModelVersion) -> tuple[LoadedModel, bool]:

@@ -20,6 +20,8 @@ class WorkerSettings(BaseSettings):
     # Hard ceiling on one task; kept below the visibility timeout so a slow task is never
     # redelivered (and run a second time) while it is still running.
     task_time_limit_s: int = 1800
+    # Task threads per worker process: predictions in flight there, the largest batch it forms.
+    concurrency: int = Field(default=64, ge=1, le=1024)
 
 
 @lru_cache

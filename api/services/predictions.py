@@ -79,7 +79,7 @@ def create(tx: Transaction, user: User, body: PredictionCreate, base_url: str) -
     prediction = predictions.create(
         tx.session, owner_id=user.id, version_id=version.id, input=validated
     )
-    tx.after_commit.append(partial(enqueue_prediction, prediction.id))
+    tx.after_commit.append(partial(enqueue_prediction, prediction.id, version.id))
     return to_out(PredictionWithModel(prediction, model_ref), base_url)
 
 

@@ -84,30 +84,29 @@ def list(
 
 @dataclass(frozen=True)
 class Claim:
-    """What a worker needs to run a prediction it has just moved to `processing`."""
+    """A prediction a worker has just moved to `processing` and must now run."""
 
     id: str
     input: dict[str, Any]
     attempts: int
-    version: ModelVersion
 
 
-def claim(session: Session, *, id: str) -> Claim | None:
-    """Move `starting` to `processing`. None when someone else got there first."""
-    row = session.execute(
+def claim(session: Session, *, ids: builtins.list[str]) -> builtins.list[Claim]:
+    """Move those of `ids` still `starting` to `processing`, in one statement.
+
+    The rest (canceled, finished, or claimed by another delivery) are left out.
+    """
+    rows = session.execute(
         update(Prediction)
-        .where(Prediction.id == id, Prediction.status == PredictionStatus.STARTING)
+        .where(Prediction.id.in_(ids), Prediction.status == PredictionStatus.STARTING)
         .values(
             status=PredictionStatus.PROCESSING,
             started_at=func.now(),
             attempts=Prediction.attempts + 1,
         )
-        .returning(Prediction.input, Prediction.attempts, Prediction.version_id)
-    ).one_or_none()
-    if row is None:
-        return None
-    version = session.get_one(ModelVersion, row.version_id)
-    return Claim(id=id, input=row.input, attempts=row.attempts, version=version)
+        .returning(Prediction.id, Prediction.input, Prediction.attempts)
+    )
+    return [Claim(id=row.id, input=row.input, attempts=row.attempts) for row in rows]
 
 
 def update_status(

@@ -52,7 +52,7 @@ def test_defaults_from_the_schema_are_stored(client: TestClient, auth) -> None:
     }  # fmt: skip
 
 
-def test_create_enqueues_only_the_id_after_commit(client: TestClient, auth) -> None:
+def test_create_enqueues_only_the_ids_after_commit(client: TestClient, auth) -> None:
     broker = redis.Redis.from_url(API_REDIS_URL)
     broker.delete("predictions")
     prediction = create(client, auth, model=EMBED, input={"text": "queued"})
@@ -60,7 +60,7 @@ def test_create_enqueues_only_the_id_after_commit(client: TestClient, auth) -> N
     assert len(messages) == 1
     assert messages[0]["headers"]["task"] == "quern.predictions.run"
     args = json.loads(base64.b64decode(messages[0]["body"]))[0]
-    assert args == [prediction["id"]]
+    assert args == [prediction["id"], prediction["version"]]
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_cancel_before_start_means_it_never_runs(client: TestClient, auth) -> No
     canceled = client.post(f"/v1/predictions/{prediction['id']}/cancel", headers=auth).json()
     assert canceled["status"] == "canceled" and canceled["completed_at"]
     with session_scope() as session:
-        assert predictions.claim(session, id=str(prediction["id"])) is None
+        assert predictions.claim(session, ids=[str(prediction["id"])]) == []
     again = client.post(f"/v1/predictions/{prediction['id']}/cancel", headers=auth).json()
     assert again == canceled
 

@@ -17,16 +17,27 @@ def prediction_id() -> str:
 
 def test_second_claim_of_the_same_prediction_is_a_no_op(prediction_id: str) -> None:
     with session_scope() as session:
-        first = predictions.claim(session, id=prediction_id)
+        first = predictions.claim(session, ids=[prediction_id])
     with session_scope() as session:
-        second = predictions.claim(session, id=prediction_id)
-    assert first is not None and first.attempts == 1 and first.input == {"text": "x"}
-    assert second is None
+        second = predictions.claim(session, ids=[prediction_id])
+    assert [(c.id, c.attempts, c.input) for c in first] == [(prediction_id, 1, {"text": "x"})]
+    assert second == []
+
+
+def test_one_claim_takes_every_startable_prediction_of_a_batch_and_skips_the_rest() -> None:
+    ids = [create_prediction_row() for _ in range(3)]
+    with session_scope() as session:
+        predictions.update_status(
+            session, id=ids[1], from_statuses=UNFINISHED, status=PredictionStatus.CANCELED
+        )
+    with session_scope() as session:
+        claims = predictions.claim(session, ids=[*ids, ids[0]])
+    assert sorted(c.id for c in claims) == sorted([ids[0], ids[2]])
 
 
 def test_terminal_status_never_changes(prediction_id: str) -> None:
     with session_scope() as session:
-        predictions.claim(session, id=prediction_id)
+        predictions.claim(session, ids=[prediction_id])
         assert predictions.update_status(
             session,
             id=prediction_id,

@@ -1,0 +1,184 @@
+"""Batches as the worker runs them, with a tiny stand-in predictor per behaviour.
+
+Each test has its own model version (so its own batcher) and real rows in PostgreSQL; only the
+model is a stand-in. The live worker and the real models are exercised in tests/test_pipeline.py.
+"""
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from db.repositories import predictions
+from db.session import session_scope
+from db.tables import Prediction
+from models.base import PredictionError
+from tests.helpers import create_prediction_row, create_version
+from workers import batches, runtime
+from workers.tasks.predictions import run_prediction
+
+
+class Recording:
+    """Embeds each text as [len(text)] and remembers the size of every batch it saw."""
+
+    def __init__(self, weights: Path) -> None:
+        self.batches: list[list[str]] = []
+
+    def setup(self) -> None: ...
+
+    def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
+        texts = [item["text"] for item in inputs]
+        self.batches.append(texts)
+        return [self.embed(text) for text in texts]
+
+    def embed(self, text: str) -> Any:
+        return [float(len(text))]
+
+
+class RefusesOne(Recording):
+    def embed(self, text: str) -> Any:
+        return PredictionError("I refuse") if text == "bad" else super().embed(text)
+
+
+class CrashesOnOne(Recording):
+    def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
+        outputs = super().predict_batch(inputs)
+        if any(item["text"] == "crash" for item in inputs):
+            raise ValueError("bad\x00thing")
+        return outputs
+
+
+class OutOfMemoryAbove2(Recording):
+    def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
+        if len(inputs) > 2:
+            self.batches.append([f"OOM at {len(inputs)}"])
+            raise MemoryError("CUDA out of memory (stand-in)")
+        return super().predict_batch(inputs)
+
+
+class ReturnsNaN(Recording):
+    def embed(self, text: str) -> Any:
+        return [1.0, float("nan")]
+
+
+def use(monkeypatch: pytest.MonkeyPatch, predictor_class: type[Recording]) -> Recording:
+    predictor = predictor_class(Path("."))
+    loaded = runtime.LoadedModel(predictor, 0.0)
+    monkeypatch.setattr(runtime, "get_predictor", lambda version: (loaded, False))
+    return predictor
+
+
+def run_together(version_id: str, prediction_ids: list[str]) -> list[Prediction]:
+    """Deliver every id at once, as a worker's task threads would, and wait for all of them."""
+    futures = [batches.batcher_for(version_id).submit(id) for id in prediction_ids]
+    for future in futures:
+        future.result(timeout=30)
+    return [load(id) for id in prediction_ids]
+
+
+def load(prediction_id: str) -> Prediction:
+    with session_scope() as session:
+        row = predictions.get(session, id=prediction_id)
+    assert row is not None
+    return row.prediction
+
+
+def test_queued_predictions_for_one_version_run_in_a_single_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    predictor = use(monkeypatch, Recording)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=300)
+    ids = [create_prediction_row(version, text="a" * n) for n in range(1, 6)]
+    done = run_together(version, ids)
+    assert predictor.batches == [["a", "aa", "aaa", "aaaa", "aaaaa"]]
+    assert [p.output for p in done] == [[1.0], [2.0], [3.0], [4.0], [5.0]]
+    for p in done:
+        assert p.status == "succeeded" and p.attempts == 1 and p.completed_at is not None
+        assert p.metrics["batch_size"] == 5 and p.metrics["predict_time"] >= 0
+        assert "(batch of 5)" in (p.logs or "")
+
+
+def test_a_batch_never_exceeds_the_versions_max_batch_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    predictor = use(monkeypatch, Recording)
+    version = create_version(max_batch_size=4, max_batch_wait_ms=300)
+    done = run_together(version, [create_prediction_row(version) for _ in range(6)])
+    assert [len(batch) for batch in predictor.batches] == [4, 2]
+    assert sorted(p.metrics["batch_size"] for p in done) == [2, 2, 4, 4, 4, 4]
+
+
+def test_an_input_the_model_refuses_fails_only_its_own_prediction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    predictor = use(monkeypatch, RefusesOne)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=300)
+    ok, bad, also_ok = run_together(
+        version, [create_prediction_row(version, text=t) for t in ("ok", "bad", "fine")]
+    )
+    assert len(predictor.batches) == 1
+    assert (ok.status, ok.output, also_ok.status, also_ok.output) == (
+        "succeeded", [2.0], "succeeded", [4.0],
+    )  # fmt: skip
+    assert bad.status == "failed" and bad.error == "I refuse" and bad.output is None
+
+
+def test_an_input_that_crashes_the_model_is_isolated_by_splitting_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use(monkeypatch, CrashesOnOne)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=300)
+    texts = ["a", "b", "crash", "d", "e"]
+    done = run_together(version, [create_prediction_row(version, text=t) for t in texts])
+    statuses = {p.input["text"]: p.status for p in done}
+    assert statuses == {"a": "succeeded", "b": "succeeded", "crash": "failed",
+                        "d": "succeeded", "e": "succeeded"}  # fmt: skip
+    crashed = next(p for p in done if p.input["text"] == "crash")
+    assert crashed.error == "ValueError: bad\\0thing"  # NUL made storable
+
+
+def test_a_batch_out_of_memory_is_split_in_halves_until_it_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    predictor = use(monkeypatch, OutOfMemoryAbove2)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=300)
+    done = run_together(version, [create_prediction_row(version, text=t) for t in "abcde"])
+    assert all(p.status == "succeeded" for p in done), [p.error for p in done]
+    assert [p.output for p in done] == [[1.0]] * 5
+    assert predictor.batches == [["OOM at 5"], ["a", "b"], ["OOM at 3"], ["c"], ["d", "e"]]
+    assert [p.metrics["batch_size"] for p in done] == [2, 2, 1, 2, 2]
+
+
+def test_an_unstorable_output_fails_the_prediction_instead_of_leaving_it_processing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use(monkeypatch, ReturnsNaN)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=0)
+    (prediction,) = run_together(version, [create_prediction_row(version)])
+    assert prediction.status == "failed"
+    assert "output[1]" in prediction.error and "NaN" in prediction.error
+
+
+def test_a_duplicate_delivery_in_the_same_batch_runs_the_model_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    predictor = use(monkeypatch, Recording)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=300)
+    prediction_id = create_prediction_row(version)
+    first, _ = run_together(version, [prediction_id, prediction_id])
+    assert predictor.batches == [["x"]] and first.status == "succeeded" and first.attempts == 1
+
+
+def test_the_task_returns_only_after_its_prediction_is_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use(monkeypatch, Recording)
+    version = create_version(max_batch_size=4, max_batch_wait_ms=50)
+    ids = [create_prediction_row(version) for _ in range(3)]
+    threads = [threading.Thread(target=run_prediction.run, args=(id, version)) for id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(load(id).status == "succeeded" for id in ids)

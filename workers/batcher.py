@@ -1,0 +1,74 @@
+"""Dynamic batching: items submitted from many threads are handed over in groups.
+
+The mechanism Ray Serve's `@serve.batch` uses, on threads: each Celery task thread submits
+its prediction and blocks on a future; one thread per batcher waits for the first item,
+then gathers more until `max_size` or `max_wait_s` after that first item, and hands the
+group to `handle`. Items that arrive while a group runs simply queue, so a busy model
+batches naturally and an idle one answers after at most `max_wait_s`.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Pending(Generic[T]):
+    """An item and the future its submitter waits on; `handle` must resolve the future."""
+
+    item: T
+    future: Future[None] = field(default_factory=Future)
+
+
+class Batcher(Generic[T]):
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[list[Pending[T]]], None],
+        *,
+        max_size: int,
+        max_wait_s: float,
+    ) -> None:
+        self.name = name
+        self.max_size = max(1, max_size)
+        self.max_wait_s = max(0.0, max_wait_s)
+        self._handle = handle
+        self._queue: queue.SimpleQueue[Pending[T]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> Future[None]:
+        pending = Pending(item)
+        self._queue.put(pending)
+        return pending.future
+
+    def _gather(self) -> list[Pending[T]]:
+        batch = [self._queue.get()]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_size:
+            try:
+                # Whatever is already queued joins at once; then wait out the rest of the window.
+                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._gather()
+            try:
+                self._handle(batch)
+            except BaseException as exc:  # the thread must outlive any one batch
+                log.exception("batch on %s failed", self.name)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
