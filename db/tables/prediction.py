@@ -36,6 +36,8 @@ TERMINAL_STATUSES = frozenset(
 
 class Prediction(Base):
     __tablename__ = "predictions"
+    # Server defaults (created_at, status) come back in the INSERT's RETURNING: no extra SELECT.
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
     __table_args__ = (
         CheckConstraint(
             "status IN ('starting', 'processing', 'succeeded', 'failed', 'canceled', 'aborted')",

@@ -1,0 +1,490 @@
+"""`make bench`: Quern against the bare model, batched against unbatched, in one run.
+
+Starts the real stack (PostgreSQL and Redis, embedded unless DATABASE_URL/REDIS_URL are set;
+the API; one worker), then measures, on this machine and in this order:
+  1. the bare models in this process at batch sizes 1, 8, 16, 32 (the ceiling);
+  2. the accept path: predictions created per second with no worker running;
+  3. the low-load overhead: end-to-end latency minus model time, one prediction in flight;
+  4. Quern with batching and with batching off (max batch size 1), for both workloads.
+Clients learn that a prediction finished from PostgreSQL's NOTIFY (as `Prefer: wait` will),
+then GET it, as a client does. Results are printed and written to bench/RESULTS.md.
+"""
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from scripts.local_stack import log, run_step, start_postgres, start_redis
+from tests.processes import free_port, http_ok, start, stop, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STATUS_CHANNEL = "quern_prediction_status"  # migrations/versions/0002
+TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
+TOPICS = ["rivers", "bread", "trains", "owls", "glass", "music", "rain", "chess", "salt", "maps"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    builtin: str  # the seeded model whose weights and schema the bench versions copy
+    inputs: list[dict[str, Any]]
+    in_flight: int
+    max_batch_size: int
+    max_batch_wait_ms: int
+    bare_batch_sizes: tuple[int, ...]
+    bare_batch1_items: int  # batch size 1 is slow: measured on the first N inputs only
+
+
+def workloads(scale: float) -> list[Workload]:
+    sentences = [f"Sentence {n} is a short remark about {TOPICS[n % 10]}." for n in range(1000)]
+    prompts = [f"Write one sentence about {TOPICS[n % 10]} (note {n})." for n in range(200)]
+    return [
+        Workload(
+            "embeddings",
+            "all-minilm-l6-v2",
+            [{"text": s} for s in sentences[: int(1000 * scale)]],
+            in_flight=32,
+            max_batch_size=32,
+            max_batch_wait_ms=5,
+            bare_batch_sizes=(1, 8, 32),
+            bare_batch1_items=int(1000 * scale),
+        ),
+        Workload(
+            "text-generation",
+            "smollm2-135m-instruct",
+            [{"prompt": p, "max_new_tokens": 16, "temperature": 0, "top_p": 1} for p in prompts][
+                : int(200 * scale)
+            ],
+            in_flight=16,
+            max_batch_size=16,
+            max_batch_wait_ms=50,
+            bare_batch_sizes=(1, 8, 16, 32),
+            bare_batch1_items=int(32 * scale) or 1,
+        ),
+    ]
+
+
+@dataclass
+class Run:
+    """Timings of one measured run."""
+
+    label: str
+    count: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    overheads: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return self.count / self.seconds
+
+    def latency(self, q: int) -> float:
+        return percentile(self.latencies, q)
+
+
+def percentile(values: list[float], q: int) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# --- 1. the bare model --------------------------------------------------------------------
+
+
+def bare_model(workload: Workload, weights_ref: str, model_type: str) -> list[Run]:
+    from models import registry, weights
+
+    predictor = registry.create(model_type, weights.resolve(weights_ref))
+    predictor.setup()
+    predictor.predict_batch(workload.inputs[:2])  # warm-up
+    runs = []
+    for size in workload.bare_batch_sizes:
+        items = workload.inputs[: workload.bare_batch1_items] if size == 1 else workload.inputs
+        started = time.perf_counter()
+        latencies = []
+        for i in range(0, len(items), size):
+            batch_started = time.perf_counter()
+            predictor.predict_batch(items[i : i + size])
+            latencies += [time.perf_counter() - batch_started] * len(items[i : i + size])
+        runs.append(
+            Run(f"bare, batch {size}", len(items), time.perf_counter() - started, latencies)
+        )
+        log(f"{workload.name}: bare model at batch {size}: {runs[-1].throughput:.1f}/s")
+    del predictor
+    gc.collect()
+    return runs
+
+
+# --- the stack ----------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    base_url: str
+    logs: Path
+    api: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+
+    def start_api(self) -> None:
+        port = self.base_url.rsplit(":", 1)[1]
+        self.api = start(
+            ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", port,
+             "--workers", "2", "--no-access-log", "--log-level", "warning"],
+            self.env, self.logs / "api.log",
+        )  # fmt: skip
+        wait_until(lambda: http_ok(f"{self.base_url}/health"), 60, "the API")
+
+    def start_worker(self) -> None:
+        self.worker = start(
+            ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions",
+             "--loglevel", "WARNING", "-n", f"bench-{os.getpid()}@%h"],
+            self.env, self.logs / "worker.log",
+        )  # fmt: skip
+
+    def api_rss_mb(self) -> list[float]:
+        """Resident memory of each uvicorn worker process (the API never imports torch)."""
+        if self.api is None:
+            return []
+        children = Path(f"/proc/{self.api.pid}/task/{self.api.pid}/children").read_text().split()
+        sizes = []
+        for pid in children:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+        return sizes
+
+    def stop(self) -> None:
+        for process in (self.worker, self.api):
+            if process is not None:
+                stop(process)
+
+
+def register_versions(workload: Workload) -> tuple[str, str, str, str]:
+    """Two bench versions copying the built-in model: batched, and batching off.
+    Returns (batched id, unbatched id, weights, model type)."""
+    from db.repositories import models, users
+    from db.seed import SYSTEM_USER
+    from db.session import session_scope
+
+    with session_scope() as session:
+        original = models.get(session, owner=SYSTEM_USER, name=workload.builtin)
+        owner = users.get_by_username(session, username=SYSTEM_USER)
+        assert original is not None and original.latest_version is not None and owner
+        base = original.latest_version
+        ids = []
+        for suffix, size, wait in (("", workload.max_batch_size, workload.max_batch_wait_ms),
+                                   ("-unbatched", 1, 0)):  # fmt: skip
+            model = models.create(session, owner_id=owner.id, name=f"bench-{workload.name}{suffix}")
+            ids.append(
+                models.create_version(
+                    session,
+                    model_id=model.id,
+                    model_type=base.model_type,
+                    weights=base.weights,
+                    input_schema=base.input_schema,
+                    hardware=base.hardware,
+                    max_batch_size=size,
+                    max_batch_wait_ms=wait,
+                    run_timeout_s=base.run_timeout_s,
+                ).id
+            )
+        return ids[0], ids[1], base.weights, base.model_type
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+class Client:
+    """Creates predictions over HTTP and learns of their end from PostgreSQL's NOTIFY."""
+
+    def __init__(self, base_url: str, token: str, database_url: str) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=600,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        )
+        self.database_url = database_url.replace("postgresql+psycopg://", "postgresql://")
+        self.finished: dict[str, float] = {}
+        self.waiters: dict[str, asyncio.Future[float]] = {}
+
+    async def listen(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        await conn.execute(f"LISTEN {STATUS_CHANNEL}")
+        async for notice in conn.notifies():
+            prediction_id, status = notice.payload.split()
+            if status in TERMINAL:
+                now = time.perf_counter()
+                self.finished[prediction_id] = now
+                waiter = self.waiters.pop(prediction_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(now)
+
+    async def create(self, version: str, input: dict[str, Any]) -> str:
+        response = await self.http.post(
+            "/v1/predictions", json={"version": version, "input": input}
+        )
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    async def run_one(self, version: str, input: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """Create, wait for the end, GET it. Returns (client latency, the prediction)."""
+        started = time.perf_counter()
+        prediction_id = await self.create(version, input)
+        if prediction_id not in self.finished:
+            waiter = self.waiters[prediction_id] = asyncio.get_running_loop().create_future()
+            if prediction_id not in self.finished:  # it may have ended while we registered
+                await waiter
+        prediction = (await self.http.get(f"/v1/predictions/{prediction_id}")).json()
+        latency = time.perf_counter() - started
+        if prediction["status"] != "succeeded":
+            raise RuntimeError(
+                f"prediction {prediction_id} ended {prediction['status']}: {prediction}"
+            )
+        return latency, prediction
+
+    async def closed_loop(
+        self, label: str, version: str, inputs: list[dict[str, Any]], in_flight: int
+    ) -> Run:
+        """`in_flight` clients, each starting its next prediction when its last one is done."""
+        pending = iter(inputs)
+        run = Run(label, len(inputs), 0.0)
+
+        async def client() -> None:
+            for input in pending:
+                latency, prediction = await self.run_one(version, input)
+                run.latencies.append(latency)
+                metrics = prediction["metrics"]
+                run.overheads.append(latency - metrics["predict_time"])
+                run.batch_sizes.append(metrics["batch_size"])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(in_flight)))
+        run.seconds = time.perf_counter() - started
+        return run
+
+    async def accept_path(self, version: str, inputs: list[dict[str, Any]], in_flight: int) -> Run:
+        pending = iter(inputs)
+        run = Run("accept path (no worker)", len(inputs), 0.0)
+
+        async def client() -> None:
+            for input in pending:
+                started = time.perf_counter()
+                await self.create(version, input)
+                run.latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(in_flight)))
+        run.seconds = time.perf_counter() - started
+        return run
+
+
+def token_for(base_url: str) -> str:
+    username, password = f"bench-{os.getpid()}", "bench-password-" + os.urandom(6).hex()
+    httpx.post(f"{base_url}/v1/auth/register", json={"username": username, "password": password})
+    response = httpx.post(
+        f"{base_url}/v1/auth/token", data={"username": username, "password": password}
+    )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def discard_queued(redis_url: str) -> None:
+    """After the accept path: drop its messages and rows so the worker never sees them."""
+    import redis
+    from sqlalchemy import text
+
+    from db.session import session_scope
+
+    redis.Redis.from_url(redis_url).delete("predictions")
+    with session_scope() as session:
+        session.execute(text("UPDATE predictions SET status = 'canceled', completed_at = now() "
+                             "WHERE status = 'starting'"))  # fmt: skip
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def row(run: Run, unit: str) -> str:
+    ms = [run.latency(q) * 1000 for q in (50, 95, 99)]
+    sizes = f"{statistics.mean(run.batch_sizes):.1f}" if run.batch_sizes else "-"
+    return (
+        f"| {run.label} | {run.count} | {run.throughput:.1f} {unit}/s | "
+        f"{ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | {sizes} |"
+    )
+
+
+def report(
+    sections: list[tuple[Workload, list[Run], Run, Run]],
+    accept: Run,
+    overhead: Run,
+    rss: list[float],
+    load: str,
+) -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    lines = [
+        "# Quern benchmark",
+        "",
+        f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench`: {os.cpu_count()} cores "
+        f"({cpu}), Python {platform.python_version()}, load average before the run {load}.",
+        "Everything (PostgreSQL, Redis, the API with 2 uvicorn processes, one worker, this",
+        "client) shares these cores. Latencies are client-side: create, wait for the end",
+        "(PostgreSQL NOTIFY), GET. Ratios are from this one run.",
+        "",
+        "## Summary",
+        "",
+        "| Figure | Value | Target |",
+        "| --- | --- | --- |",
+    ]
+    body = []
+    for workload, bare, batched, unbatched in sections:
+        ceiling = next(r for r in bare if r.label == f"bare, batch {workload.in_flight}")
+        target = "≥ 0.8" if workload.name == "text-generation" else "≥ 0.6"
+        lines.append(
+            f"| {workload.name}: Quern / ceiling (bare model at batch {workload.in_flight}) | "
+            f"{batched.throughput / ceiling.throughput:.2f} | {target} |"
+        )
+        lines.append(
+            f"| {workload.name}: batched / unbatched throughput | "
+            f"{batched.throughput / unbatched.throughput:.2f}x | "
+            f"{'≥ 3x' if workload.name == 'text-generation' else '-'} |"
+        )
+        unit = "predictions"
+        body += [
+            "",
+            f"## {workload.name}: {len(workload.inputs)} inputs, {workload.in_flight} in flight, "
+            f"max batch {workload.max_batch_size}, max wait {workload.max_batch_wait_ms} ms",
+            "",
+            "| Run | Items | Throughput | p50 ms | p95 ms | p99 ms | mean batch |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *(row(run, unit) for run in [*bare, batched, unbatched]),
+        ]
+        if workload.bare_batch1_items < len(workload.inputs):
+            first = workload.bare_batch1_items
+            body.append(f"\nBare batch 1 ran the first {first} inputs only (it is slow).")
+    lines += [
+        f"| accept path: predictions created per second | {accept.throughput:.0f}/s | ≥ 1,200/s |",
+        f"| low-load overhead p50 (latency - predict_time, 1 in flight) | "
+        f"{percentile(overhead.overheads, 50) * 1000:.1f} ms | ≤ 10 ms |",
+        f"| API RSS per uvicorn process at the end | "
+        f"{', '.join(f'{mb:.0f} MB' for mb in rss)} | < 150 MB |",
+        *body,
+        "",
+        "## Accept path and overhead",
+        "",
+        "| Run | Items | Throughput | p50 ms | p95 ms | p99 ms | mean batch |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        row(accept, "creates"),
+        row(overhead, "predictions"),
+        "",
+        f"Overhead p50/p95: {percentile(overhead.overheads, 50) * 1000:.1f} / "
+        f"{percentile(overhead.overheads, 95) * 1000:.1f} ms; it includes the version's "
+        f"batch window ({sections[0][0].max_batch_wait_ms} ms), the create and the GET.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+async def measure(stack: Stack, options: argparse.Namespace) -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    chosen = workloads(options.scale)
+    versions = {w.name: register_versions(w) for w in chosen}
+
+    bare = {}
+    for workload in chosen:
+        _, _, weights_ref, model_type = versions[workload.name]
+        bare[workload.name] = bare_model(workload, weights_ref, model_type)
+
+    stack.start_api()
+    client = Client(stack.base_url, token_for(stack.base_url), stack.env["DATABASE_URL"])
+    listener = asyncio.create_task(client.listen())
+    await asyncio.sleep(0.5)
+
+    embeddings = chosen[0]
+    accept_inputs = [{"text": f"accept {n}"} for n in range(int(3000 * options.scale) or 1)]
+    accept = await client.accept_path(versions["embeddings"][0], accept_inputs, 32)
+    log(f"accept path: {accept.throughput:.0f} creates/s")
+    discard_queued(stack.env["REDIS_URL"])
+
+    stack.start_worker()
+    for workload in chosen:  # load every model before timing anything
+        for version in versions[workload.name][:2]:
+            await asyncio.wait_for(client.run_one(version, workload.inputs[0]), 600)
+
+    overhead = await client.closed_loop(
+        "low load (1 in flight)", versions["embeddings"][0], embeddings.inputs[:200], 1
+    )
+    log(f"low-load overhead p50: {percentile(overhead.overheads, 50) * 1000:.1f} ms")
+
+    sections = []
+    for workload in chosen:
+        batched_id, unbatched_id, _, _ = versions[workload.name]
+        runs = []
+        for label, version in (("Quern, batched", batched_id), ("Quern, unbatched", unbatched_id)):
+            runs.append(
+                await client.closed_loop(label, version, workload.inputs, workload.in_flight)
+            )
+            log(f"{workload.name}: {label}: {runs[-1].throughput:.1f}/s")
+        sections.append((workload, bare[workload.name], runs[0], runs[1]))
+    rss = stack.api_rss_mb()
+    listener.cancel()
+    await client.http.aclose()
+    return report(sections, accept, overhead, rss, load)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".quern" / "bench")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each workload")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    options = parser.parse_args()
+    state: Path = options.state_dir.resolve()
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+
+    env = dict(os.environ)
+    env.setdefault("QUERN_ENV", "development")
+    redis_server = None
+    if "DATABASE_URL" not in env:
+        env["DATABASE_URL"] = start_postgres(state, "quern_bench", fresh=True)
+    if "REDIS_URL" not in env:
+        env["REDIS_URL"], redis_server = start_redis(state, free_port())
+    os.environ.update(DATABASE_URL=env["DATABASE_URL"], REDIS_URL=env["REDIS_URL"])
+    run_step(["-m", "alembic", "upgrade", "head"], env)
+    run_step(["-m", "db.seed"], env)
+
+    stack = Stack(env, f"http://127.0.0.1:{free_port()}", state / "logs")
+    try:
+        text = asyncio.run(measure(stack, options))
+    finally:
+        stack.stop()
+        if redis_server is not None:
+            redis_server.terminate()
+    print("\n" + text)
+    options.output.write_text(text)
+    log(f"written to {options.output} (logs in {state / 'logs'})")
+
+
+if __name__ == "__main__":
+    main()
