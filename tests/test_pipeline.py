@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,18 +25,20 @@ class LiveStack:
     client: httpx.Client
     headers: dict[str, str]
     worker_log: Path
+    worker_metrics: str
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """A uvicorn API and a separate Celery worker process on the run's database and Redis."""
     logs = tmp_path_factory.mktemp("live")
+    metrics_port = free_port()
     env = os.environ | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": WORKER_REDIS_URL}
     port = free_port()
     worker = start(
         ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions",
          "-n", f"test-{secrets.token_hex(3)}@%h", "--loglevel", "INFO"],
-        env, logs / "worker.log",
+        env | {"QUERN_WORKER_METRICS_PORT": str(metrics_port)}, logs / "worker.log",
     )  # fmt: skip
     api = start(
         ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -46,7 +49,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     try:
         wait_until(lambda: http_ok(f"{base_url}/health"), 60, "the API")
         with httpx.Client(base_url=base_url, timeout=30) as client:
-            yield LiveStack(base_url, client, register_and_login(client), logs / "worker.log")
+            yield LiveStack(
+                base_url,
+                client,
+                register_and_login(client),
+                logs / "worker.log",
+                f"http://127.0.0.1:{metrics_port}/metrics",
+            )
     finally:
         stop(api)
         stop(worker)
@@ -130,6 +139,13 @@ def test_predictions_queued_together_share_one_forward_pass(live: LiveStack) -> 
     assert [d["status"] for d in done] == ["succeeded"] * 6
     assert [d["metrics"]["batch_size"] for d in done] == [6] * 6  # type: ignore[index]
     assert len({d["completed_at"] for d in done}) == 1  # recorded in one transaction
+    metrics = httpx.get(live.worker_metrics).text
+    assert re.search(
+        r'^quern_batch_size_bucket\{le="8.0",model_type="embeddings"\} [1-9]', metrics, re.M
+    )
+    assert re.search(
+        r'^quern_model_load_seconds_count\{model_type="embeddings"\} [1-9]', metrics, re.M
+    )
 
 
 def test_text_generation_batches_prompts_with_the_same_parameters(live: LiveStack) -> None:

@@ -21,7 +21,7 @@ from db.tables import ModelVersion, PredictionStatus
 from models.base import PredictionError, Predictor, is_out_of_memory
 from models.registry import UnknownModelType
 from models.weights import WeightsNotFound
-from workers import runtime
+from workers import metrics, runtime
 from workers.batcher import Batcher, Pending
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def predict_isolating(predictor: Predictor, inputs: list[dict[str, Any]]) -> list[Outcome]:
+def predict_isolating(
+    predictor: Predictor, inputs: list[dict[str, Any]], model_type: str
+) -> list[Outcome]:
     """One outcome per input. A batch that raises is split in halves and each half retried."""
     started = time.perf_counter()
     try:
@@ -78,13 +80,15 @@ def predict_isolating(predictor: Predictor, inputs: list[dict[str, Any]]) -> lis
             reason = "out of memory" if is_out_of_memory(exc) else describe(exc)
             log.warning("a batch of %d failed (%s); splitting it in halves", len(inputs), reason)
             half = len(inputs) // 2
-            return predict_isolating(predictor, inputs[:half]) + predict_isolating(
-                predictor, inputs[half:]
+            return predict_isolating(predictor, inputs[:half], model_type) + predict_isolating(
+                predictor, inputs[half:], model_type
             )
         if not isinstance(exc, READABLE):
             log.exception("the model failed on its own input")
         return [Outcome(error=describe(exc), predict_time=time.perf_counter() - started)]
     elapsed = time.perf_counter() - started
+    metrics.BATCH_SIZE.labels(model_type).observe(len(inputs))
+    metrics.PREDICT_SECONDS.labels(model_type).observe(elapsed)
     return [
         Outcome(error=str(output), predict_time=elapsed, batch_size=len(inputs))
         if isinstance(output, PredictionError)
@@ -119,7 +123,8 @@ def run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
         if just_loaded:
             notes.append(f"Loaded {version.model_type} model in {loaded.load_seconds:.2f}s")
         with runtime.compute_lock:
-            outcomes = predict_isolating(loaded.predictor, [claim.input for claim in claims])
+            inputs = [claim.input for claim in claims]
+            outcomes = predict_isolating(loaded.predictor, inputs, version.model_type)
     future = _recorder.submit(record, claims, outcomes, notes)
 
     def resolve(_: object) -> None:

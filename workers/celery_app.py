@@ -4,7 +4,10 @@ Redis carries prediction ids only; PostgreSQL is the source of truth and results
 stored in Celery. Start with `celery -A workers.celery_app worker -Q predictions`.
 """
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_init
 
 from workers.settings import get_worker_settings
 
@@ -50,3 +53,11 @@ app.conf.update(
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
 )
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _serve_metrics(**_: Any) -> None:
+    if settings.metrics_port:
+        from workers import metrics
+
+        metrics.serve(settings.metrics_host, settings.metrics_port)

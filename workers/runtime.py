@@ -13,6 +13,7 @@ from db.session import session_scope
 from db.tables import ModelVersion
 from models import registry, weights
 from models.base import Predictor
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def get_predictor(version: ModelVersion) -> tuple[LoadedModel, bool]:
         predictor.setup()
         loaded = LoadedModel(predictor, time.perf_counter() - started)
         _loaded[version.id] = loaded
+        metrics.MODEL_LOAD_SECONDS.labels(version.model_type).observe(loaded.load_seconds)
         log.info(
             "loaded %s version %s in %.2fs", version.model_type, version.id, loaded.load_seconds
         )

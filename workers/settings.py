@@ -22,6 +22,9 @@ class WorkerSettings(BaseSettings):
     task_time_limit_s: int = 1800
     # Task threads per worker process: predictions in flight there, the largest batch it forms.
     concurrency: int = Field(default=64, ge=1, le=1024)
+    # Prometheus metrics of this process on http://<metrics_host>:<metrics_port>/metrics; 0: off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
 
 @lru_cache

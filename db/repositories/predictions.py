@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from db.tables import Model, ModelVersion, Prediction, PredictionStatus, User
 
 UNFINISHED = (PredictionStatus.STARTING, PredictionStatus.PROCESSING)
+# Every committed status change is announced here as "<id> <status>" (migration 0002).
+STATUS_CHANNEL = "quern_prediction_status"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,35 @@
+"""Prometheus metrics of a worker process, served on QUERN_WORKER_METRICS_PORT when set.
+
+The threads pool runs every task in one process, so the default registry is the whole truth
+(no multiprocess directory needed).
+"""
+
+import logging
+
+from prometheus_client import Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = Histogram(
+    "quern_batch_size",
+    "Predictions run together in one forward pass.",
+    ["model_type"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+PREDICT_SECONDS = Histogram(
+    "quern_batch_predict_seconds",
+    "Time of one forward pass (one batch).",
+    ["model_type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "quern_model_load_seconds",
+    "Time to load and set up a model version in a worker process.",
+    ["model_type"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+
+def serve(host: str, port: int) -> None:
+    start_http_server(port, addr=host)
+    log.info("metrics on http://%s:%d/metrics", host, port)
