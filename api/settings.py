@@ -26,6 +26,8 @@ class ApiSettings(BaseSettings):
     broker_visibility_timeout_s: int = 3600
     # Starlette has no limit of its own; prompts and texts fit easily in this.
     max_body_bytes: int = 1024 * 1024
+    # Backpressure: a version with this many queued predictions answers 503 + Retry-After.
+    max_queued_per_version: int = Field(default=10_000, ge=1)
     page_size_default: int = 20
     page_size_max: int = 100
 

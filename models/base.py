@@ -1,6 +1,9 @@
 """The Predictor protocol: set up once per process, predict many batches."""
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,3 +39,26 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     torch = sys.modules.get("torch")  # never import torch just to classify an error
     return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+# Cooperative stopping (cancel, deadline, run timeout). The worker installs a check for the
+# batch it is running; a model that works in steps (tokens, diffusion steps) calls
+# `stop_requested()` between steps and stops the inputs flagged True. Models that run in one
+# short pass may ignore it.
+StopCheck = Callable[[], list[bool]]
+_stop_check: ContextVar[StopCheck | None] = ContextVar("stop_check", default=None)
+
+
+@contextmanager
+def stop_check(check: StopCheck) -> Iterator[None]:
+    token = _stop_check.set(check)
+    try:
+        yield
+    finally:
+        _stop_check.reset(token)
+
+
+def stop_requested() -> list[bool] | None:
+    """One flag per input of the running batch (True: stop it now); None outside a worker."""
+    check = _stop_check.get()
+    return None if check is None else check()

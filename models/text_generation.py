@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 
-from models.base import PredictionError, pick_device
+from models.base import PredictionError, pick_device, stop_requested
 from models.weights import cache_dir
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ class TextGenerationPredictor:
             else:
                 groups.setdefault(generation_key(item), []).append(index)
         for indices in groups.values():
-            texts = self._generate([prompts[i] for i in indices], inputs[indices[0]])
+            stop = StopFlagged(indices)
+            texts = self._generate([prompts[i] for i in indices], inputs[indices[0]], stop)
             for i, text in zip(indices, texts, strict=True):
                 outputs[i] = text
         return outputs
@@ -98,15 +99,17 @@ class TextGenerationPredictor:
         )
 
     @torch.inference_mode()
-    def _generate(self, prompts: list[str], first: dict[str, Any]) -> list[str]:
+    def _generate(
+        self, prompts: list[str], first: dict[str, Any], stop: StoppingCriteria
+    ) -> list[str]:
         """One forward pass for prompts that share generation parameters (those of `first`)."""
         encoded = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False
         ).to(self.device)
         with torch.random.fork_rng(devices=[]):  # a seed must not leak into later predictions
-            return self._sample(encoded, first)
+            return self._sample(encoded, first, stop)
 
-    def _sample(self, encoded: Any, first: dict[str, Any]) -> list[str]:
+    def _sample(self, encoded: Any, first: dict[str, Any], stop: StoppingCriteria) -> list[str]:
         sampling = first["temperature"] > 0
         if first.get("seed") is not None:
             torch.manual_seed(first["seed"])
@@ -118,7 +121,21 @@ class TextGenerationPredictor:
             top_p=first["top_p"] if sampling else None,
             top_k=None,
             pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=[stop],
         )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [str(text) for text in texts]
+
+
+class StopFlagged(StoppingCriteria):
+    """Between tokens: finish the rows the worker flagged (canceled, past their deadline).
+    The others go on; when every row is finished, `generate` returns."""
+
+    def __init__(self, indices: list[int]) -> None:
+        self.indices = indices
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        flags = stop_requested()
+        rows = [False] * len(self.indices) if flags is None else [flags[i] for i in self.indices]
+        return torch.tensor(rows, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]

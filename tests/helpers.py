@@ -1,6 +1,7 @@
 """Small helpers shared by the tests."""
 
 import secrets
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -25,7 +26,11 @@ def register_and_login(client: Any, username: str | None = None) -> dict[str, st
 
 
 def create_version(
-    *, max_batch_size: int, max_batch_wait_ms: int, builtin: str = "all-minilm-l6-v2"
+    *,
+    max_batch_size: int,
+    max_batch_wait_ms: int,
+    builtin: str = "all-minilm-l6-v2",
+    run_timeout_s: int | None = None,
 ) -> str:
     """A new model (owned by the system user) whose one version copies a built-in model's
     latest version with these batching limits. Returns the version id."""
@@ -46,11 +51,13 @@ def create_version(
             hardware=base.hardware,
             max_batch_size=max_batch_size,
             max_batch_wait_ms=max_batch_wait_ms,
-            run_timeout_s=base.run_timeout_s,
+            run_timeout_s=run_timeout_s or base.run_timeout_s,
         ).id
 
 
-def create_prediction_row(version_id: str | None = None, text: str = "x") -> str:
+def create_prediction_row(
+    version_id: str | None = None, text: str = "x", deadline: datetime | None = None
+) -> str:
     """A `starting` prediction of a new user (of the built-in embeddings model unless
     `version_id` is given), written straight to the database."""
     from db.repositories import models, predictions, users
@@ -63,7 +70,11 @@ def create_prediction_row(version_id: str | None = None, text: str = "x") -> str
             assert model is not None and model.latest_version is not None
             version_id = model.latest_version.id
         return predictions.create(
-            session, owner_id=owner.id, version_id=version_id, input={"text": text}
+            session,
+            owner_id=owner.id,
+            version_id=version_id,
+            input={"text": text},
+            deadline=deadline,
         ).id
 
 

@@ -7,22 +7,26 @@ the last one is written.
 """
 
 import logging
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope
 from db.storable import unstorable
 from db.tables import ModelVersion, PredictionStatus
-from models.base import PredictionError, Predictor, is_out_of_memory
+from models.base import PredictionError, Predictor, is_out_of_memory, stop_check
 from models.registry import UnknownModelType
 from models.weights import WeightsNotFound
-from workers import metrics, runtime
+from workers import metrics, running, runtime
 from workers.batcher import Batcher, Pending
+from workers.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ _batchers_lock = threading.Lock()
 class Outcome:
     output: Any = None
     error: str | None = None
+    transient: bool = False  # worth another attempt (out of memory even alone)
     predict_time: float = 0.0
     batch_size: int = 0
 
@@ -66,51 +71,55 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def predict_isolating(
-    predictor: Predictor, inputs: list[dict[str, Any]], model_type: str
-) -> list[Outcome]:
-    """One outcome per input. A batch that raises is split in halves and each half retried."""
+def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str) -> list[Outcome]:
+    """One outcome per claim. A batch that raises is split in halves and each half retried."""
     started = time.perf_counter()
     try:
-        outputs = predictor.predict_batch(inputs)
-        if len(outputs) != len(inputs):
-            raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(inputs)}")
+        with stop_check(lambda: [running.stop_reason(claim) is not None for claim in claims]):
+            outputs = predictor.predict_batch([claim.input for claim in claims])
+        if len(outputs) != len(claims):
+            raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(claims)}")
     except Exception as exc:
-        if len(inputs) > 1:
+        if len(claims) > 1:
             reason = "out of memory" if is_out_of_memory(exc) else describe(exc)
-            log.warning("a batch of %d failed (%s); splitting it in halves", len(inputs), reason)
-            half = len(inputs) // 2
-            return predict_isolating(predictor, inputs[:half], model_type) + predict_isolating(
-                predictor, inputs[half:], model_type
+            log.warning("a batch of %d failed (%s); splitting it in halves", len(claims), reason)
+            half = len(claims) // 2
+            return predict_isolating(predictor, claims[:half], model_type) + predict_isolating(
+                predictor, claims[half:], model_type
             )
-        if not isinstance(exc, READABLE):
+        transient = is_out_of_memory(exc)
+        if not isinstance(exc, READABLE) and not transient:
             log.exception("the model failed on its own input")
-        return [Outcome(error=describe(exc), predict_time=time.perf_counter() - started)]
+        elapsed = time.perf_counter() - started
+        return [Outcome(error=describe(exc), transient=transient, predict_time=elapsed)]
     elapsed = time.perf_counter() - started
-    metrics.BATCH_SIZE.labels(model_type).observe(len(inputs))
+    metrics.BATCH_SIZE.labels(model_type).observe(len(claims))
     metrics.PREDICT_SECONDS.labels(model_type).observe(elapsed)
     return [
-        Outcome(error=str(output), predict_time=elapsed, batch_size=len(inputs))
+        Outcome(error=str(output), predict_time=elapsed, batch_size=len(claims))
         if isinstance(output, PredictionError)
-        else Outcome(output=output, predict_time=elapsed, batch_size=len(inputs))
+        else Outcome(output=output, predict_time=elapsed, batch_size=len(claims))
         for output in outputs
     ]
 
 
 def run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
     """Claim, predict with no database connection held, and hand the outcomes to the recorder."""
+    settings = get_worker_settings()
     ids = list(dict.fromkeys(pending.item for pending in batch))  # a duplicate delivery
     with session_scope() as session:
-        claims = predictions.claim(session, ids=ids)
+        claims = predictions.claim(session, ids=ids, lease_s=settings.lease_s)
     claimed = {claim.id for claim in claims}
     for pending in batch:
         if pending.item not in claimed:
-            # Running elsewhere, finished or canceled: a duplicate delivery is a no-op.
+            # Running elsewhere, finished, canceled or waiting out a retry delay: a duplicate
+            # delivery is a no-op.
             log.info("prediction %s is not startable; delivery ignored", pending.item)
             pending.future.set_result(None)
     waiting = [pending for pending in batch if pending.item in claimed]
     if not claims:
         return
+    running.add(claims, version.run_timeout_s)
 
     notes: list[str] = []
     try:
@@ -123,11 +132,11 @@ def run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
         if just_loaded:
             notes.append(f"Loaded {version.model_type} model in {loaded.load_seconds:.2f}s")
         with runtime.compute_lock:
-            inputs = [claim.input for claim in claims]
-            outcomes = predict_isolating(loaded.predictor, inputs, version.model_type)
+            outcomes = predict_isolating(loaded.predictor, claims, version.model_type)
     future = _recorder.submit(record, claims, outcomes, notes)
 
     def resolve(_: object) -> None:
+        running.remove(claims)
         error = future.exception()
         for pending in waiting:
             if error is None:
@@ -138,37 +147,74 @@ def run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
     future.add_done_callback(resolve)
 
 
+def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))] (AWS's backoff advice)."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
+
+
 def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str]) -> None:
-    """Write every outcome in one transaction; a prediction canceled meanwhile keeps `canceled`."""
+    """Write every outcome in one transaction. Only the attempt that claimed a prediction may
+    record it, and a prediction canceled meanwhile keeps `canceled` (and gets its logs)."""
     with session_scope() as session:
         for claim, outcome in zip(claims, outcomes, strict=True):
-            logs = list(notes)
-            error = outcome.error
-            if error is None:
-                logs.append(
-                    f"Predicted in {outcome.predict_time:.3f}s (batch of {outcome.batch_size})"
-                )
-                bad_output = unstorable(outcome.output, "output")
-                if bad_output:
-                    path, reason = bad_output[0]
-                    error = f"The model returned an unstorable value at {path}: {reason}"
-            values: dict[str, Any] = {"logs": "\n".join(logs)}
-            if error is None:
-                values |= {
-                    "output": outcome.output,
-                    "metrics": {
-                        "predict_time": round(outcome.predict_time, 6),
-                        "batch_size": outcome.batch_size,
-                    },
-                }
-            else:
-                values["error"] = error.replace("\x00", "\\0")  # a message may hold anything
-            recorded = predictions.update_status(
-                session,
-                id=claim.id,
-                from_statuses=PROCESSING,
-                status=PredictionStatus.FAILED if error else PredictionStatus.SUCCEEDED,
-                **values,
-            )
-            if not recorded:
-                log.info("prediction %s was canceled while running; outcome discarded", claim.id)
+            _record_one(session, claim, outcome, notes)
+
+
+def _record_one(session: Session, claim: Claim, outcome: Outcome, notes: list[str]) -> None:
+    settings = get_worker_settings()
+    logs = list(notes)
+    error = outcome.error
+    output = None
+    if error is None:
+        logs.append(f"Predicted in {outcome.predict_time:.3f}s (batch of {outcome.batch_size})")
+        bad_output = unstorable(outcome.output, "output")
+        if bad_output:
+            path, reason = bad_output[0]
+            error = f"The model returned an unstorable value at {path}: {reason}"
+        else:
+            output = outcome.output
+    if error is not None:
+        error = error.replace("\x00", "\\0")  # a model's message may hold anything
+    common: dict[str, Any] = {
+        "id": claim.id,
+        "from_statuses": PROCESSING,
+        "attempts": claim.attempts,
+    }
+
+    stop = running.stop_reason(claim)
+    if stop == "canceled":
+        logs.append("Canceled while running: stopped at the next step")
+        predictions.add_logs(session, id=claim.id, logs=_lines(logs))
+        return
+    if stop is not None:
+        logs.append(f"Canceled: {stop}")
+        predictions.update_status(
+            session, **common, status=PredictionStatus.CANCELED, output=output, error=stop,
+            append_logs=_lines(logs),
+        )  # fmt: skip
+        return
+    if outcome.transient:
+        if claim.attempts < settings.max_attempts:
+            delay = retry_delay(claim.attempts, settings.retry_base_s, settings.retry_cap_s)
+            logs.append(f"Attempt {claim.attempts} failed ({error}); retrying in {delay:.2f}s")
+            predictions.retry_later(session, claim=claim, delay_s=delay, logs=_lines(logs))
+            return
+        error = f"Gave up after {claim.attempts} attempts: {error}"
+    values: dict[str, Any] = {"append_logs": _lines(logs)}
+    if error is None:
+        values |= {
+            "output": output,
+            "metrics": {
+                "predict_time": round(outcome.predict_time, 6),
+                "batch_size": outcome.batch_size,
+            },
+        }
+    else:
+        values["error"] = error
+    status = PredictionStatus.FAILED if error else PredictionStatus.SUCCEEDED
+    if not predictions.update_status(session, **common, status=status, **values):
+        log.info("prediction %s was canceled or taken over; outcome discarded", claim.id)
+
+
+def _lines(lines: list[str]) -> str:
+    return "".join(f"{line}\n" for line in lines)

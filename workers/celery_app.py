@@ -7,7 +7,7 @@ stored in Celery. Start with `celery -A workers.celery_app worker -Q predictions
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 from workers.settings import get_worker_settings
 
@@ -41,6 +41,9 @@ app.conf.update(
     # Without this, late-ack tasks run twice after a broker connection loss.
     worker_cancel_long_running_tasks_on_connection_loss=True,
     broker_connection_retry_on_startup=True,
+    # On SIGTERM, give running batches this long to finish and be recorded before the cold
+    # shutdown; whatever is left unacked is redelivered (and the sweeper covers the rest).
+    worker_soft_shutdown_timeout=30.0,
     # PostgreSQL holds outputs; Celery results would be a second, stale copy.
     task_ignore_result=True,
     result_backend=None,
@@ -61,3 +64,12 @@ def _serve_metrics(**_: Any) -> None:
         from workers import metrics
 
         metrics.serve(settings.metrics_host, settings.metrics_port)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_background_threads(**_: Any) -> None:
+    """Lease heartbeat, cancel listener and sweeper: in the process that runs predictions."""
+    from workers import running, sweeper
+
+    running.start()
+    sweeper.start()

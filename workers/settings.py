@@ -22,6 +22,18 @@ class WorkerSettings(BaseSettings):
     task_time_limit_s: int = 1800
     # Task threads per worker process: predictions in flight there, the largest batch it forms.
     concurrency: int = Field(default=64, ge=1, le=1024)
+    # Retries of transient failures (out of memory, a lost worker): full-jitter exponential
+    # backoff, delay = random(0, min(cap, base * 2^(attempt-1))), kept in PostgreSQL.
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_cap_s: float = Field(default=300.0, gt=0)
+    # A worker renews its lease on running predictions every lease_s / 3; when a lease runs
+    # out (the worker died), the sweeper puts the prediction back in the queue.
+    lease_s: float = Field(default=60.0, gt=0)
+    sweep_interval_s: float = Field(default=2.0, gt=0)
+    # A queued prediction whose message is older than this is assumed lost and sent again
+    # (a duplicate is harmless: the claim is conditional).
+    requeue_after_s: float = Field(default=900.0, gt=0)
     # Prometheus metrics of this process on http://<metrics_host>:<metrics_port>/metrics; 0: off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 
 from api.deps import CurrentUser, SettingsDep, TransactionDep
 from api.schemas.predictions import PredictionCreate, PredictionOut, PredictionPage
@@ -17,10 +17,23 @@ def _base_url(request: Request) -> str:
 
 @router.post("", status_code=201, response_model=PredictionOut)
 def create_prediction(
-    body: PredictionCreate, request: Request, tx: TransactionDep, user: CurrentUser
+    body: PredictionCreate,
+    request: Request,
+    tx: TransactionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    cancel_after: Annotated[
+        str | None,
+        Header(
+            alias="Cancel-After",
+            max_length=32,
+            description="Deadline: `30s`, `5m`, `1h`. Not started by then: `aborted`; "
+            "running then: `canceled`.",
+        ),
+    ] = None,
 ) -> PredictionOut:
     """Validate the input, store the prediction, queue it. Returns at once with `starting`."""
-    return predictions.create(tx, user, body, _base_url(request))
+    return predictions.create(tx, user, body, _base_url(request), settings, cancel_after)
 
 
 @router.get("", response_model=PredictionPage)

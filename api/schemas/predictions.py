@@ -50,6 +50,7 @@ class PredictionOut(ResponseBody):
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    deadline: datetime | None = Field(description="From `Cancel-After`, if given.")
     urls: PredictionUrls
     metrics: PredictionMetrics
 

@@ -3,11 +3,13 @@
 import base64
 import binascii
 import json
-from datetime import datetime
+import logging
+import re
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from api.deps import Transaction
-from api.errors import BadRequest, NotFound, Unprocessable
+from api.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
 from api.queue import enqueue_prediction
 from api.schemas.predictions import (
     PredictionCreate,
@@ -17,10 +19,14 @@ from api.schemas.predictions import (
     PredictionUrls,
 )
 from api.services.inputs import validate_input
+from api.settings import ApiSettings
 from db.ids import is_id
 from db.repositories import models, predictions
 from db.repositories.predictions import UNFINISHED, Cursor, PredictionWithModel
+from db.session import session_scope
 from db.tables import ModelVersion, PredictionStatus, User
+
+log = logging.getLogger(__name__)
 
 
 def to_out(row: PredictionWithModel, base_url: str) -> PredictionOut:
@@ -38,6 +44,7 @@ def to_out(row: PredictionWithModel, base_url: str) -> PredictionOut:
         created_at=p.created_at,
         started_at=p.started_at,
         completed_at=p.completed_at,
+        deadline=p.deadline,
         urls=PredictionUrls(get=url, cancel=f"{url}/cancel"),
         metrics=PredictionMetrics(
             predict_time=p.metrics.get("predict_time"),
@@ -73,14 +80,56 @@ def _resolve_version(tx: Transaction, body: PredictionCreate) -> tuple[ModelVers
     return model.latest_version, model.ref
 
 
-def create(tx: Transaction, user: User, body: PredictionCreate, base_url: str) -> PredictionOut:
+CANCEL_AFTER = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,6})m)?(?:(\d{1,8})s)?$")
+MAX_CANCEL_AFTER = timedelta(days=7)
+
+
+def parse_cancel_after(value: str) -> timedelta:
+    """`30s`, `5m`, `1h`, `1h30m`: a duration from 1 s to 7 days."""
+    match = CANCEL_AFTER.match(value.strip())
+    if not value.strip() or match is None:
+        raise BadRequest(f"Cancel-After {value!r} is not a duration like 30s, 5m, 1h or 1h30m")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    duration = timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    if not timedelta(seconds=1) <= duration <= MAX_CANCEL_AFTER:
+        raise BadRequest(f"Cancel-After {value!r} must be between 1s and 7 days")
+    return duration
+
+
+def create(
+    tx: Transaction,
+    user: User,
+    body: PredictionCreate,
+    base_url: str,
+    settings: ApiSettings,
+    cancel_after: str | None = None,
+) -> PredictionOut:
+    deadline = (
+        None if cancel_after is None else datetime.now(UTC) + parse_cancel_after(cancel_after)
+    )
     version, model_ref = _resolve_version(tx, body)
     validated = validate_input(version.input_schema, body.input)
+    limit = settings.max_queued_per_version
+    if predictions.count_queued(tx.session, version_id=version.id, limit=limit) >= limit:
+        raise ServiceUnavailable(
+            f"{model_ref} has {limit} predictions queued already; try again later",
+            headers={"Retry-After": "10"},
+        )
     prediction = predictions.create(
-        tx.session, owner_id=user.id, version_id=version.id, input=validated
+        tx.session, owner_id=user.id, version_id=version.id, input=validated, deadline=deadline
     )
-    tx.after_commit.append(partial(enqueue_prediction, prediction.id, version.id))
+    tx.after_commit.append(partial(_enqueue, prediction.id, version.id))
     return to_out(PredictionWithModel(prediction, model_ref), base_url)
+
+
+def _enqueue(prediction_id: str, version_id: str) -> None:
+    """After commit. If Redis is down, say so in the row: the workers' sweeper sends it later."""
+    if not enqueue_prediction(prediction_id, version_id):
+        try:
+            with session_scope() as session:
+                predictions.mark_not_enqueued(session, ids=[prediction_id])
+        except Exception:  # then the sweeper finds it by the age of its enqueue mark
+            log.exception("could not mark prediction %s as not enqueued", prediction_id)
 
 
 def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from db.tables import Model, ModelVersion, Prediction, PredictionStatus, User
@@ -37,15 +37,6 @@ def _with_model() -> Select[Prediction, str, str]:
         .join(Model, ModelVersion.model_id == Model.id)
         .join(User, Model.owner_id == User.id)
     )
-
-
-def create(
-    session: Session, *, owner_id: str, version_id: str, input: dict[str, Any]
-) -> Prediction:
-    prediction = Prediction(owner_id=owner_id, version_id=version_id, input=input)
-    session.add(prediction)
-    session.flush()  # eager defaults: created_at comes back from the server in the INSERT
-    return prediction
 
 
 def get(session: Session, *, id: str, owner_id: str | None = None) -> PredictionWithModel | None:
@@ -89,25 +80,209 @@ class Claim:
 
     id: str
     input: dict[str, Any]
-    attempts: int
+    attempts: int  # this attempt's number: only its owner may record the outcome
+    deadline: datetime | None
 
 
-def claim(session: Session, *, ids: builtins.list[str]) -> builtins.list[Claim]:
-    """Move those of `ids` still `starting` to `processing`, in one statement.
+def _seconds(value: float | ColumnElement[float]) -> ColumnElement[Any]:
+    return func.make_interval(0, 0, 0, 0, 0, 0, value)
 
-    The rest (canceled, finished, or claimed by another delivery) are left out.
-    """
-    rows = session.execute(
+
+def create(
+    session: Session,
+    *,
+    owner_id: str,
+    version_id: str,
+    input: dict[str, Any],
+    deadline: datetime | None = None,
+) -> Prediction:
+    """A `starting` prediction, marked as enqueued: the caller publishes it after commit."""
+    prediction = Prediction(
+        owner_id=owner_id,
+        version_id=version_id,
+        input=input,
+        deadline=deadline,
+        enqueued_at=func.now(),
+    )
+    session.add(prediction)
+    session.flush()  # eager defaults: created_at comes back from the server in the INSERT
+    return prediction
+
+
+def count_queued(session: Session, *, version_id: str, limit: int) -> int:
+    """Queued predictions of a version, counted up to `limit` (cheap at any depth)."""
+    queued = (
+        select(Prediction.id)
+        .where(Prediction.version_id == version_id, Prediction.status == PredictionStatus.STARTING)
+        .limit(limit)
+        .subquery()
+    )
+    return session.scalar(select(func.count()).select_from(queued)) or 0
+
+
+def mark_not_enqueued(session: Session, *, ids: builtins.list[str]) -> None:
+    """Publishing failed (Redis down): the sweeper will send these once it can."""
+    session.execute(
         update(Prediction)
         .where(Prediction.id.in_(ids), Prediction.status == PredictionStatus.STARTING)
+        .values(enqueued_at=None)
+    )
+
+
+def claim(session: Session, *, ids: builtins.list[str], lease_s: float) -> builtins.list[Claim]:
+    """Move those of `ids` that may start now to `processing`, under a lease of `lease_s`.
+
+    Those past their deadline become `aborted`. The rest (canceled, finished, waiting out a
+    retry delay, or claimed by another delivery) are left as they are.
+    """
+    session.execute(
+        update(Prediction)
+        .where(
+            Prediction.id.in_(ids),
+            Prediction.status == PredictionStatus.STARTING,
+            Prediction.deadline <= func.now(),
+        )
+        .values(
+            status=PredictionStatus.ABORTED,
+            completed_at=func.now(),
+            error="The deadline passed before the prediction started",
+        )
+    )
+    rows = session.execute(
+        update(Prediction)
+        .where(
+            Prediction.id.in_(ids),
+            Prediction.status == PredictionStatus.STARTING,
+            or_(Prediction.next_attempt_at.is_(None), Prediction.next_attempt_at <= func.now()),
+        )
         .values(
             status=PredictionStatus.PROCESSING,
             started_at=func.now(),
             attempts=Prediction.attempts + 1,
+            lease_expires_at=func.now() + _seconds(lease_s),
         )
-        .returning(Prediction.id, Prediction.input, Prediction.attempts)
+        .returning(Prediction.id, Prediction.input, Prediction.attempts, Prediction.deadline)
     )
-    return [Claim(id=row.id, input=row.input, attempts=row.attempts) for row in rows]
+    return [Claim(row.id, row.input, row.attempts, row.deadline) for row in rows]
+
+
+def renew_leases(session: Session, *, claims: builtins.list[Claim], lease_s: float) -> None:
+    for claim in claims:
+        session.execute(
+            update(Prediction)
+            .where(
+                Prediction.id == claim.id,
+                Prediction.status == PredictionStatus.PROCESSING,
+                Prediction.attempts == claim.attempts,
+            )
+            .values(lease_expires_at=func.now() + _seconds(lease_s))
+        )
+
+
+def retry_later(session: Session, *, claim: Claim, delay_s: float, logs: str) -> bool:
+    """Put a failed attempt back in the queue (appending `logs`); the sweeper sends it again
+    after `delay_s`."""
+    result = session.execute(
+        update(Prediction)
+        .where(
+            Prediction.id == claim.id,
+            Prediction.status == PredictionStatus.PROCESSING,
+            Prediction.attempts == claim.attempts,
+        )
+        .values(
+            status=PredictionStatus.STARTING,
+            next_attempt_at=func.now() + _seconds(delay_s),
+            enqueued_at=None,
+            lease_expires_at=None,
+            logs=Prediction.logs + logs,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def requeue_lost(
+    session: Session, *, max_attempts: int, base_s: float, cap_s: float
+) -> builtins.list[str]:
+    """`processing` rows whose lease ran out (their worker died): back to `starting` after a
+    full-jitter backoff, or `failed` once they used up their attempts. Returns the ids."""
+    lost = (
+        Prediction.status == PredictionStatus.PROCESSING,
+        Prediction.lease_expires_at < func.now(),
+    )
+    failed = session.execute(
+        update(Prediction)
+        .where(*lost, Prediction.attempts >= max_attempts)
+        .values(
+            status=PredictionStatus.FAILED,
+            completed_at=func.now(),
+            lease_expires_at=None,
+            error=f"Gave up after {max_attempts} attempts: the worker running it was lost",
+        )
+        .returning(Prediction.id)
+    ).scalars()
+    ceiling = func.least(cap_s, base_s * func.power(2, Prediction.attempts - 1))
+    requeued = session.execute(
+        update(Prediction)
+        .where(*lost)
+        .values(
+            status=PredictionStatus.STARTING,
+            next_attempt_at=func.now() + _seconds(func.random() * ceiling),
+            enqueued_at=None,
+            lease_expires_at=None,
+            logs=Prediction.logs + "Attempt lost with its worker; retrying\n",
+        )
+        .returning(Prediction.id)
+    ).scalars()
+    return [*failed, *requeued]
+
+
+def abort_expired(session: Session) -> builtins.list[str]:
+    """Queued predictions whose deadline passed never start."""
+    return builtins.list(
+        session.execute(
+            update(Prediction)
+            .where(
+                Prediction.status == PredictionStatus.STARTING,
+                Prediction.deadline <= func.now(),
+            )
+            .values(
+                status=PredictionStatus.ABORTED,
+                completed_at=func.now(),
+                error="The deadline passed before the prediction started",
+            )
+            .returning(Prediction.id)
+        ).scalars()
+    )
+
+
+def take_due(
+    session: Session, *, requeue_after_s: float, limit: int
+) -> builtins.list[tuple[str, str]]:
+    """Queued predictions that need a message now: none was sent (Redis was down, a retry is
+    due) or the last one is so old it must be lost. Marks them enqueued; returns
+    (id, version_id) pairs to publish after commit. Safe with several sweepers (SKIP LOCKED)."""
+    due = (
+        select(Prediction.id)
+        .where(
+            Prediction.status == PredictionStatus.STARTING,
+            or_(Prediction.next_attempt_at.is_(None), Prediction.next_attempt_at <= func.now()),
+            or_(
+                Prediction.enqueued_at.is_(None),
+                Prediction.enqueued_at < func.now() - _seconds(requeue_after_s),
+            ),
+        )
+        .order_by(Prediction.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Prediction)
+        .where(Prediction.id.in_(due))
+        .values(enqueued_at=func.now())
+        .returning(Prediction.id, Prediction.version_id)
+    )
+    return [(row.id, row.version_id) for row in rows]
 
 
 def update_status(
@@ -117,16 +292,32 @@ def update_status(
     from_statuses: tuple[PredictionStatus, ...],
     status: PredictionStatus,
     owner_id: str | None = None,
+    attempts: int | None = None,
+    append_logs: str | None = None,
     **values: Any,
 ) -> bool:
-    """Set `status` (and `values`) only if the row is still in one of `from_statuses`.
+    """Set `status` (and `values`) only if the row is still in one of `from_statuses` (and,
+    given `attempts`, still on that attempt).
 
-    Terminal statuses also stamp `completed_at`. Returns whether the row changed.
+    Terminal statuses also stamp `completed_at` and drop the lease. Returns whether the row
+    changed.
     """
     query = update(Prediction).where(Prediction.id == id, Prediction.status.in_(from_statuses))
     if owner_id is not None:
         query = query.where(Prediction.owner_id == owner_id)
+    if attempts is not None:
+        query = query.where(Prediction.attempts == attempts)
+    if append_logs is not None:
+        values["logs"] = Prediction.logs + append_logs
     if status.is_terminal:
         values.setdefault("completed_at", func.now())
+        values.setdefault("lease_expires_at", None)
     result = session.execute(query.values(status=status, **values))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def add_logs(session: Session, *, id: str, logs: str) -> None:
+    """Logs of an attempt that was canceled while it ran: kept, though the status is final."""
+    session.execute(
+        update(Prediction).where(Prediction.id == id).values(logs=Prediction.logs + logs)
+    )

@@ -45,6 +45,12 @@ class Prediction(Base):
         ),
         # Cursor pages: newest first per owner, ties broken by id.
         Index("ix_predictions_owner_id_created_at_id", "owner_id", "created_at", "id"),
+        # Queue depth per version (backpressure): only queued rows, so it stays small.
+        Index(
+            "ix_predictions_starting_version_id",
+            "version_id",
+            postgresql_where=text("status = 'starting'"),
+        ),
         # Only unfinished predictions: small, for finding stuck work.
         Index(
             "ix_predictions_unfinished",
@@ -70,3 +76,12 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+    # From `Cancel-After`: not started by then → aborted; running then → canceled.
+    deadline: Mapped[datetime | None]
+    # Delivery bookkeeping, so PostgreSQL (not Redis) decides what must run again:
+    # when a message was last published (NULL: none is known to be queued, e.g. Redis was down),
+    # the earliest time a retry may start (backoff), and how long the running worker's lease on
+    # a `processing` row lasts (it renews it; a dead worker's lease runs out).
+    enqueued_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]

@@ -171,7 +171,7 @@ def test_cancel_before_start_means_it_never_runs(client: TestClient, auth) -> No
     canceled = client.post(f"/v1/predictions/{prediction['id']}/cancel", headers=auth).json()
     assert canceled["status"] == "canceled" and canceled["completed_at"]
     with session_scope() as session:
-        assert predictions.claim(session, ids=[str(prediction["id"])]) == []
+        assert predictions.claim(session, ids=[str(prediction["id"])], lease_s=60) == []
     again = client.post(f"/v1/predictions/{prediction['id']}/cancel", headers=auth).json()
     assert again == canceled
 

@@ -17,9 +17,9 @@ def prediction_id() -> str:
 
 def test_second_claim_of_the_same_prediction_is_a_no_op(prediction_id: str) -> None:
     with session_scope() as session:
-        first = predictions.claim(session, ids=[prediction_id])
+        first = predictions.claim(session, ids=[prediction_id], lease_s=60)
     with session_scope() as session:
-        second = predictions.claim(session, ids=[prediction_id])
+        second = predictions.claim(session, ids=[prediction_id], lease_s=60)
     assert [(c.id, c.attempts, c.input) for c in first] == [(prediction_id, 1, {"text": "x"})]
     assert second == []
 
@@ -31,13 +31,13 @@ def test_one_claim_takes_every_startable_prediction_of_a_batch_and_skips_the_res
             session, id=ids[1], from_statuses=UNFINISHED, status=PredictionStatus.CANCELED
         )
     with session_scope() as session:
-        claims = predictions.claim(session, ids=[*ids, ids[0]])
+        claims = predictions.claim(session, ids=[*ids, ids[0]], lease_s=60)
     assert sorted(c.id for c in claims) == sorted([ids[0], ids[2]])
 
 
 def test_terminal_status_never_changes(prediction_id: str) -> None:
     with session_scope() as session:
-        predictions.claim(session, ids=[prediction_id])
+        predictions.claim(session, ids=[prediction_id], lease_s=60)
         assert predictions.update_status(
             session,
             id=prediction_id,

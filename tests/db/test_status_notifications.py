@@ -16,7 +16,7 @@ def test_each_committed_status_change_is_notified_once_with_id_and_status() -> N
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute(f"LISTEN {STATUS_CHANNEL}")
         with session_scope() as session:
-            predictions.claim(session, ids=[prediction_id])
+            predictions.claim(session, ids=[prediction_id], lease_s=60)
         try:
             with session_scope() as session:  # rolled back: never announced
                 predictions.update_status(

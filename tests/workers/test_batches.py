@@ -5,35 +5,14 @@ model is a stand-in. The live worker and the real models are exercised in tests/
 """
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from db.repositories import predictions
-from db.session import session_scope
-from db.tables import Prediction
 from models.base import PredictionError
 from tests.helpers import create_prediction_row, create_version
-from workers import batches, runtime
+from tests.workers.stubs import Recording, load, run_together, use
 from workers.tasks.predictions import run_prediction
-
-
-class Recording:
-    """Embeds each text as [len(text)] and remembers the size of every batch it saw."""
-
-    def __init__(self, weights: Path) -> None:
-        self.batches: list[list[str]] = []
-
-    def setup(self) -> None: ...
-
-    def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
-        texts = [item["text"] for item in inputs]
-        self.batches.append(texts)
-        return [self.embed(text) for text in texts]
-
-    def embed(self, text: str) -> Any:
-        return [float(len(text))]
 
 
 class RefusesOne(Recording):
@@ -60,28 +39,6 @@ class OutOfMemoryAbove2(Recording):
 class ReturnsNaN(Recording):
     def embed(self, text: str) -> Any:
         return [1.0, float("nan")]
-
-
-def use(monkeypatch: pytest.MonkeyPatch, predictor_class: type[Recording]) -> Recording:
-    predictor = predictor_class(Path("."))
-    loaded = runtime.LoadedModel(predictor, 0.0)
-    monkeypatch.setattr(runtime, "get_predictor", lambda version: (loaded, False))
-    return predictor
-
-
-def run_together(version_id: str, prediction_ids: list[str]) -> list[Prediction]:
-    """Deliver every id at once, as a worker's task threads would, and wait for all of them."""
-    futures = [batches.batcher_for(version_id).submit(id) for id in prediction_ids]
-    for future in futures:
-        future.result(timeout=30)
-    return [load(id) for id in prediction_ids]
-
-
-def load(prediction_id: str) -> Prediction:
-    with session_scope() as session:
-        row = predictions.get(session, id=prediction_id)
-    assert row is not None
-    return row.prediction
 
 
 def test_queued_predictions_for_one_version_run_in_a_single_batch(

@@ -1,0 +1,72 @@
+"""The sweeper: PostgreSQL says what must run; this makes Redis carry it.
+
+Every worker process runs one, but a transaction-scoped advisory lock lets only one sweep at
+a time. A sweep: fails or re-queues predictions whose worker died (lease ran out), aborts
+queued ones past their deadline, and publishes a message for every queued prediction that
+has none (Redis was down at create time, a retry delay is over, or the message was lost).
+"""
+
+import logging
+import threading
+import time
+
+from sqlalchemy import func, select
+
+from db.repositories import predictions
+from db.session import session_scope
+from workers.celery_app import PREDICTIONS_QUEUE, RUN_PREDICTION_TASK, app
+from workers.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+
+SWEEP_LOCK = 0x71_75_65_72_6E  # "quern": one sweeper at a time across every worker
+BATCH = 500
+
+
+def sweep() -> int:
+    """One sweep. Returns how many messages it published."""
+    settings = get_worker_settings()
+    with session_scope() as session:
+        if not session.scalar(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK))):
+            return 0  # another worker is sweeping
+        lost = predictions.requeue_lost(
+            session,
+            max_attempts=settings.max_attempts,
+            base_s=settings.retry_base_s,
+            cap_s=settings.retry_cap_s,
+        )
+        aborted = predictions.abort_expired(session)
+        due = predictions.take_due(session, requeue_after_s=settings.requeue_after_s, limit=BATCH)
+    if lost or aborted:
+        log.info(
+            "sweeper: %d lost with their worker, %d past their deadline", len(lost), len(aborted)
+        )
+    unsent = []
+    for prediction_id, version_id in due:
+        try:
+            app.send_task(
+                RUN_PREDICTION_TASK, args=[prediction_id, version_id], queue=PREDICTIONS_QUEUE
+            )
+        except Exception:
+            unsent.append(prediction_id)
+    if unsent:
+        log.warning("sweeper: could not publish %d predictions; will try again", len(unsent))
+        with session_scope() as session:
+            predictions.mark_not_enqueued(session, ids=unsent)
+    return len(due) - len(unsent)
+
+
+def _loop() -> None:
+    interval = get_worker_settings().sweep_interval_s
+    while True:
+        try:
+            sent = sweep()
+            if sent:
+                log.info("sweeper: published %d queued predictions", sent)
+        except Exception:
+            log.warning("sweep failed; trying again", exc_info=True)
+        time.sleep(interval)
+
+
+def start() -> None:
+    threading.Thread(target=_loop, name="sweeper", daemon=True).start()
