@@ -62,5 +62,6 @@ def get_prediction(
 def cancel_prediction(
     prediction_id: str, request: Request, tx: TransactionDep, user: CurrentUser
 ) -> PredictionOut:
-    """Cancel: a queued prediction never runs; a finished one is returned unchanged."""
+    """Cancel: a queued one never runs, a running one stops at its next step, a finished one
+    is returned unchanged."""
     return predictions.cancel(tx, user, prediction_id, _base_url(request))

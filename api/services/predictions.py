@@ -144,7 +144,8 @@ def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> Predi
 
 
 def cancel(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
-    """Queued: it will never run. Running: its result is discarded when it finishes."""
+    """Queued: it will never run. Running: the worker hears the change (NOTIFY) and stops it at
+    the model's next step (token); its logs are kept, its output is not recorded."""
     if not is_id(prediction_id):
         raise NotFound(f"No prediction {prediction_id!r}")
     predictions.update_status(
