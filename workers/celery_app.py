@@ -9,12 +9,15 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_ready
 
+from workers import kombu_fixes
 from workers.settings import get_worker_settings
 
 RUN_PREDICTION_TASK = "quern.predictions.run"
 PREDICTIONS_QUEUE = "predictions"
 
 settings = get_worker_settings()
+kombu_fixes.survive_broker_reconnects()
+
 assert settings.task_time_limit_s < settings.broker_visibility_timeout_s
 
 app = Celery("quern", broker=settings.redis_url, include=["workers.tasks.predictions"])
