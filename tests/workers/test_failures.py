@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from db.repositories import predictions
 from db.repositories.predictions import UNFINISHED
@@ -234,3 +235,15 @@ def test_a_lost_worker_on_the_last_attempt_fails_the_prediction(
     sweeper.sweep()
     done = load(prediction_id)
     assert done.status == "failed" and done.error.startswith("Gave up after 1 attempts")
+
+
+def test_only_one_sweeper_sweeps_at_a_time() -> None:
+    prediction_id = create_prediction_row()
+    with session_scope() as session:
+        predictions.mark_not_enqueued(session, ids=[prediction_id])
+    with session_scope() as other_worker:  # another worker's sweep holds the lock
+        other_worker.execute(select(func.pg_advisory_xact_lock(sweeper.SWEEP_LOCK)))
+        assert sweeper.sweep() == 0
+        assert load(prediction_id).enqueued_at is None
+    assert sweeper.sweep() >= 1
+    assert load(prediction_id).enqueued_at is not None
