@@ -208,9 +208,8 @@ class Stack:
         """Resident memory of each uvicorn worker process (the API never imports torch)."""
         if self.api is None:
             return []
-        children = Path(f"/proc/{self.api.pid}/task/{self.api.pid}/children").read_text().split()
         sizes = []
-        for pid in children:
+        for pid in children(self.api.pid):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     sizes.append(int(line.split()[1]) / 1024)
@@ -238,19 +237,10 @@ def register_versions(workload: Workload) -> tuple[str, str, str, str]:
         for suffix, size, wait in (("", workload.max_batch_size, workload.max_batch_wait_ms),
                                    ("-unbatched", 1, 0)):  # fmt: skip
             model = models.create(session, owner_id=owner.id, name=f"bench-{workload.name}{suffix}")
-            ids.append(
-                models.create_version(
-                    session,
-                    model_id=model.id,
-                    model_type=base.model_type,
-                    weights=base.weights,
-                    input_schema=base.input_schema,
-                    hardware=base.hardware,
-                    max_batch_size=size,
-                    max_batch_wait_ms=wait,
-                    run_timeout_s=base.run_timeout_s,
-                ).id
+            version = models.copy_version(
+                session, base, model_id=model.id, max_batch_size=size, max_batch_wait_ms=wait
             )
+            ids.append(version.id)
         return ids[0], ids[1], base.weights, base.model_type
 
 

@@ -42,16 +42,13 @@ def create_version(
         assert original is not None and original.latest_version is not None
         base = original.latest_version
         model = models.create(session, owner_id=original.model.owner_id, name=new_username())
-        return models.create_version(
+        return models.copy_version(
             session,
+            base,
             model_id=model.id,
-            model_type=base.model_type,
-            weights=base.weights,
-            input_schema=base.input_schema,
-            hardware=base.hardware,
             max_batch_size=max_batch_size,
             max_batch_wait_ms=max_batch_wait_ms,
-            run_timeout_s=run_timeout_s or base.run_timeout_s,
+            run_timeout_s=run_timeout_s,
         ).id
 
 

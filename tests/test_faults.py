@@ -187,8 +187,19 @@ def statuses(stack: FaultStack, ids: list[str]) -> dict[str, str]:
     return {row[0]: row[1] for row in rows}
 
 
+def attempts(stack: FaultStack, ids: list[str]) -> set[int]:
+    rows = stack.sql(f"SELECT attempts FROM predictions WHERE id IN ({quoted(ids)})")  # noqa: S608
+    return {row[0] for row in rows}
+
+
 def quoted(ids: list[str]) -> str:
     return ", ".join(f"'{id}'" for id in ids)
+
+
+def wait_all_processing(stack: FaultStack, ids: list[str]) -> None:
+    wait_until(
+        lambda: set(statuses(stack, ids).values()) == {"processing"}, 180, "the batch to start"
+    )
 
 
 def wait_terminal(stack: FaultStack, ids: list[str], timeout: float) -> dict[str, str]:
@@ -239,17 +250,14 @@ def test_sigkill_mid_batch_of_20_all_succeed_after_a_new_worker_starts(
 ) -> None:
     version = create_version(stack, "smollm2-135m-instruct", 20, 3000)
     ids = create_many(client, version, prompts(20, 24))
-    wait_until(
-        lambda: set(statuses(stack, ids).values()) == {"processing"}, 180, "the batch to start"
-    )
+    wait_all_processing(stack, ids)
     time.sleep(1)
     for worker in list(stack.workers):
         stack.kill_worker(worker)
         stack.workers.remove(worker)
     stack.start_worker()
     assert set(wait_terminal(stack, ids, 400).values()) == {"succeeded"}
-    attempts = stack.sql(f"SELECT attempts FROM predictions WHERE id IN ({quoted(ids)})")  # noqa: S608
-    assert {row[0] for row in attempts} == {2}
+    assert attempts(stack, ids) == {2}
     assert_history_clean(stack, ids)
 
 
@@ -274,9 +282,7 @@ def test_postgres_down_while_the_worker_writes_every_prediction_ends_once(
 ) -> None:
     version = create_version(stack, "smollm2-135m-instruct", 8, 2000)
     ids = create_many(client, version, prompts(8, 16))
-    wait_until(
-        lambda: set(statuses(stack, ids).values()) == {"processing"}, 180, "the batch to start"
-    )
+    wait_all_processing(stack, ids)
     stack.stop_postgres()
     try:
         started = time.monotonic()
@@ -288,8 +294,7 @@ def test_postgres_down_while_the_worker_writes_every_prediction_ends_once(
     finally:
         stack.start_postgres()
     assert set(wait_terminal(stack, ids, 400).values()) == {"succeeded"}
-    attempts = stack.sql(f"SELECT attempts FROM predictions WHERE id IN ({quoted(ids)})")  # noqa: S608
-    assert {row[0] for row in attempts} == {2}  # the lost write was redone, once
+    assert attempts(stack, ids) == {2}  # the lost write was redone, once
     assert_history_clean(stack, ids)
 
 

@@ -103,3 +103,26 @@ def create_version(
     session.add(version)
     session.flush()
     return version
+
+
+def copy_version(
+    session: Session,
+    base: ModelVersion,
+    *,
+    model_id: str,
+    max_batch_size: int,
+    max_batch_wait_ms: int,
+    run_timeout_s: int | None = None,
+) -> ModelVersion:
+    """A version of `model_id` that runs `base`'s weights with other batching limits."""
+    return create_version(
+        session,
+        model_id=model_id,
+        model_type=base.model_type,
+        weights=base.weights,
+        input_schema=base.input_schema,
+        hardware=base.hardware,
+        max_batch_size=max_batch_size,
+        max_batch_wait_ms=max_batch_wait_ms,
+        run_timeout_s=run_timeout_s or base.run_timeout_s,
+    )

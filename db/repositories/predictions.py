@@ -135,19 +135,7 @@ def claim(session: Session, *, ids: builtins.list[str], lease_s: float) -> built
     Those past their deadline become `aborted`. The rest (canceled, finished, waiting out a
     retry delay, or claimed by another delivery) are left as they are.
     """
-    session.execute(
-        update(Prediction)
-        .where(
-            Prediction.id.in_(ids),
-            Prediction.status == PredictionStatus.STARTING,
-            Prediction.deadline <= func.now(),
-        )
-        .values(
-            status=PredictionStatus.ABORTED,
-            completed_at=func.now(),
-            error="The deadline passed before the prediction started",
-        )
-    )
+    abort_expired(session, ids=ids)
     rows = session.execute(
         update(Prediction)
         .where(
@@ -167,16 +155,15 @@ def claim(session: Session, *, ids: builtins.list[str], lease_s: float) -> built
 
 
 def renew_leases(session: Session, *, claims: builtins.list[Claim], lease_s: float) -> None:
-    for claim in claims:
-        session.execute(
-            update(Prediction)
-            .where(
-                Prediction.id == claim.id,
-                Prediction.status == PredictionStatus.PROCESSING,
-                Prediction.attempts == claim.attempts,
-            )
-            .values(lease_expires_at=func.now() + _seconds(lease_s))
+    """Extend the leases of these attempts (and only these: a taken-over one is left alone)."""
+    session.execute(
+        update(Prediction)
+        .where(
+            tuple_(Prediction.id, Prediction.attempts).in_([(c.id, c.attempts) for c in claims]),
+            Prediction.status == PredictionStatus.PROCESSING,
         )
+        .values(lease_expires_at=func.now() + _seconds(lease_s))
+    )
 
 
 def retry_later(session: Session, *, claim: Claim, delay_s: float, logs: str) -> bool:
@@ -236,21 +223,20 @@ def requeue_lost(
     return [*failed, *requeued]
 
 
-def abort_expired(session: Session) -> builtins.list[str]:
-    """Queued predictions whose deadline passed never start."""
+def abort_expired(session: Session, *, ids: builtins.list[str] | None = None) -> builtins.list[str]:
+    """Queued predictions (of `ids`, or all) whose deadline passed never start."""
+    query = update(Prediction).where(
+        Prediction.status == PredictionStatus.STARTING, Prediction.deadline <= func.now()
+    )
+    if ids is not None:
+        query = query.where(Prediction.id.in_(ids))
     return builtins.list(
         session.execute(
-            update(Prediction)
-            .where(
-                Prediction.status == PredictionStatus.STARTING,
-                Prediction.deadline <= func.now(),
-            )
-            .values(
+            query.values(
                 status=PredictionStatus.ABORTED,
                 completed_at=func.now(),
                 error="The deadline passed before the prediction started",
-            )
-            .returning(Prediction.id)
+            ).returning(Prediction.id)
         ).scalars()
     )
 
