@@ -13,6 +13,41 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
+# The problem+json body, for the OpenAPI document: every route lists the errors it may answer.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "invalid_fields": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+_PROBLEM_DESCRIPTIONS = {
+    400: "Malformed request (bad JSON, bad header, bad cursor)",
+    401: "Missing, invalid, expired or revoked token",
+    403: "Not allowed for your role",
+    404: "No such object (or it is not yours)",
+    409: "Conflicts with the current state (a duplicate, a request still in progress)",
+    413: "Request body too large",
+    422: "Invalid fields, each named in `invalid_fields`",
+    429: "Rate limit or in-flight limit reached: see Retry-After",
+    503: "Overloaded or a dependency is down: see Retry-After",
+}
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}}}
+    for status, text in _PROBLEM_DESCRIPTIONS.items()
+}
+
 
 class ApiError(Exception):
     """An expected outcome with its HTTP status. `detail` is safe to show the client."""
@@ -46,6 +81,11 @@ class Unauthorized(ApiError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ApiError):
+    status = 403
+    title = "Forbidden"
+
+
 class NotFound(ApiError):
     status = 404
     title = "Not found"
@@ -59,6 +99,11 @@ class Conflict(ApiError):
 class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable entity"
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    title = "Too many requests"
 
 
 class ServiceUnavailable(ApiError):

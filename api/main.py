@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimit, request_id_middleware
-from api.routes import auth, health, models, predictions
+from api.routes import account, auth, health, models, predictions, tokens
 from api.settings import get_api_settings
 
 
@@ -21,7 +21,7 @@ def create_app() -> FastAPI:
     app.middleware("http")(request_id_middleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for module in (health, auth, models, predictions):
+    for module in (health, auth, account, tokens, models, predictions):
         app.include_router(module.router)
     return app
 

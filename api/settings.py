@@ -3,7 +3,8 @@
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from limits import parse
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_JWT_SECRET = "quern-development-secret-do-not-use-in-production"  # noqa: S105
@@ -30,6 +31,23 @@ class ApiSettings(BaseSettings):
     max_queued_per_version: int = Field(default=10_000, ge=1)
     page_size_default: int = 20
     page_size_max: int = 100
+    # Rate limits (`limits` notation: "600/minute", "10/second"), per API token (or per user for
+    # JWTs): writes are POST/DELETE, reads are GET; `auth` is per client address on sign-up and
+    # sign-in.
+    rate_limit_write: str = "600/minute"
+    rate_limit_read: str = "3000/minute"
+    rate_limit_auth: str = "30/minute"
+    # Resource limits per user: unfinished predictions (429 beyond), live API tokens.
+    max_in_flight_per_user: int = Field(default=1000, ge=1)
+    max_tokens_per_user: int = Field(default=100, ge=1)
+    # Any string anywhere in a prediction's input (the version's schema may say less).
+    max_input_string_chars: int = Field(default=100_000, ge=1)
+
+    @field_validator("rate_limit_write", "rate_limit_read", "rate_limit_auth")
+    @classmethod
+    def parse_rate_limit(cls, value: str) -> str:
+        parse(value)  # ValueError names the bad spec
+        return value
 
     @model_validator(mode="after")
     def refuse_default_secret(self) -> "ApiSettings":

@@ -7,11 +7,14 @@ import math
 from typing import Any
 
 
-def unstorable(value: Any, path: str) -> list[tuple[str, str]]:
-    """(path, reason) for every part of `value` that the database would reject."""
+def unstorable(value: Any, path: str, max_chars: int | None = None) -> list[tuple[str, str]]:
+    """(path, reason) for every part of `value` that the database would reject, and every
+    string longer than `max_chars` if given."""
     problems: list[tuple[str, str]] = []
     if isinstance(value, str):
-        if "\x00" in value:
+        if max_chars is not None and len(value) > max_chars:
+            problems.append((path, f"Longer than {max_chars} characters"))
+        elif "\x00" in value:
             problems.append((path, "NUL characters are not allowed"))
         elif not value.isascii():
             try:
@@ -23,9 +26,9 @@ def unstorable(value: Any, path: str) -> list[tuple[str, str]]:
             problems.append((path, "NaN and infinite numbers are not allowed"))
     elif isinstance(value, dict):
         for key, item in value.items():
-            problems += unstorable(key, f"{path}.<key>")
-            problems += unstorable(item, f"{path}.{key}")
+            problems += unstorable(key, f"{path}.<key>", max_chars)
+            problems += unstorable(item, f"{path}.{key}", max_chars)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            problems += unstorable(item, f"{path}[{index}]")
+            problems += unstorable(item, f"{path}[{index}]", max_chars)
     return problems

@@ -90,7 +90,8 @@ def wait_for_api(base_url: str, api: subprocess.Popen[bytes]) -> None:
 
 
 def demo_token(base_url: str, state: Path) -> str:
-    """A JWT for the `demo` user, whose password is generated once and kept in the state dir."""
+    """A JWT for the `demo` user (an administrator), whose password is generated once and kept
+    in the state dir."""
     password_file = state / "demo-password"
     if not password_file.exists():
         password_file.write_text(secrets.token_urlsafe(18))
@@ -150,6 +151,8 @@ def main() -> None:
     base_url = f"http://127.0.0.1:{options.port}"
     wait_for_api(base_url, api)
     token = demo_token(base_url, state)
+    # The local demo user runs the whole install: make it an administrator.
+    run_step(["-m", "api.admin", "promote", DEMO_USER], env)
     log("Quern is ready. Try (the first prediction of each model loads it: seconds):")
     print(
         f"""

@@ -25,6 +25,16 @@ def register_and_login(client: Any, username: str | None = None) -> dict[str, st
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+def register_admin(client: Any) -> dict[str, str]:
+    """Authorization headers for a brand-new administrator (promoted as an operator would)."""
+    from api.admin import main
+
+    username = new_username()
+    headers = register_and_login(client, username)
+    assert main(["promote", username]) == 0
+    return headers
+
+
 def create_version(
     *,
     max_batch_size: int,

@@ -2,8 +2,9 @@
 
 Every worker process runs one, but a transaction-scoped advisory lock lets only one sweep at
 a time. A sweep: fails or re-queues predictions whose worker died (lease ran out), aborts
-queued ones past their deadline, and publishes a message for every queued prediction that
-has none (Redis was down at create time, a retry delay is over, or the message was lost).
+queued ones past their deadline, forgets idempotency keys older than 24 h, and publishes a
+message for every queued prediction that has none (Redis was down at create time, a retry
+delay is over, or the message was lost).
 """
 
 import logging
@@ -12,7 +13,7 @@ import time
 
 from sqlalchemy import func, select
 
-from db.repositories import predictions
+from db.repositories import idempotency_keys, predictions
 from db.session import session_scope
 from workers.celery_app import PREDICTIONS_QUEUE, RUN_PREDICTION_TASK, app
 from workers.settings import get_worker_settings
@@ -36,6 +37,7 @@ def sweep() -> int:
             cap_s=settings.retry_cap_s,
         )
         aborted = predictions.abort_expired(session)
+        idempotency_keys.delete_expired(session)
         due = predictions.take_due(session, requeue_after_s=settings.requeue_after_s, limit=BATCH)
     if lost or aborted:
         log.info(

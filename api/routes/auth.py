@@ -5,11 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.security import OAuth2PasswordRequestForm
 
-from api.deps import SettingsDep, TransactionDep
+from api.deps import AuthAttempt, SettingsDep, TransactionDep
+from api.errors import PROBLEMS
 from api.schemas.auth import RegisterRequest, TokenOut, UserOut
 from api.services import auth
 
-router = APIRouter(prefix="/v1/auth", tags=["auth"])
+router = APIRouter(prefix="/v1/auth", tags=["auth"], responses=PROBLEMS, dependencies=[AuthAttempt])
 
 
 @router.post("/register", status_code=201, response_model=UserOut)

@@ -2,13 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import CurrentUser, SettingsDep, TransactionDep
+from api.errors import PROBLEMS
 from api.schemas.predictions import PredictionCreate, PredictionOut, PredictionPage
 from api.services import predictions
 
-router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
+router = APIRouter(prefix="/v1/predictions", tags=["predictions"], responses=PROBLEMS)
 
 
 def _base_url(request: Request) -> str:
@@ -19,6 +20,7 @@ def _base_url(request: Request) -> str:
 def create_prediction(
     body: PredictionCreate,
     request: Request,
+    response: Response,
     tx: TransactionDep,
     user: CurrentUser,
     settings: SettingsDep,
@@ -31,9 +33,24 @@ def create_prediction(
             "running then: `canceled`.",
         ),
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=255,
+            pattern=r"^[!-~]+$",
+            description="Retry safely: the same key and body within 24 h returns the first "
+            "prediction (header `Idempotent-Replayed: true`) instead of running it again.",
+        ),
+    ] = None,
 ) -> PredictionOut:
     """Validate the input, store the prediction, queue it. Returns at once with `starting`."""
-    return predictions.create(tx, user, body, _base_url(request), settings, cancel_after)
+    prediction, replayed = predictions.create(
+        tx, user, body, _base_url(request), settings, cancel_after, idempotency_key
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return prediction
 
 
 @router.get("", response_model=PredictionPage)

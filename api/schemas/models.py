@@ -3,7 +3,20 @@
 from datetime import datetime
 from typing import Any
 
-from api.schemas.base import ResponseBody
+from pydantic import Field
+
+from api.schemas.base import RequestBody, ResponseBody
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
+
+
+class ModelCreate(RequestBody):
+    name: str = Field(
+        pattern=MODEL_NAME_PATTERN,
+        description="Letters, digits, `.`, `_`, `-`; 1-100 characters. The model is "
+        "`<your username>/<name>`.",
+    )
+    description: str = Field(default="", max_length=2000)
 
 
 class VersionOut(ResponseBody):

@@ -42,9 +42,14 @@ def _message(error: ValidationError) -> str:
     return message if len(message) <= 200 else message[:197] + "..."
 
 
-def validate_input(schema: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+def validate_input(
+    schema: dict[str, Any], given: dict[str, Any], max_string_chars: int
+) -> dict[str, Any]:
     """The input to store: `given` plus the schema's top-level defaults. 422 if invalid."""
-    invalid = [{"field": path, "message": reason} for path, reason in unstorable(given, "input")]
+    invalid = [
+        {"field": path, "message": reason}
+        for path, reason in unstorable(given, "input", max_string_chars)
+    ]
     if not invalid:
         filled = dict(given)
         for name, prop in schema.get("properties", {}).items():

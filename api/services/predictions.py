@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import re
@@ -9,7 +10,14 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from api.deps import Transaction
-from api.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
+from api.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unprocessable,
+)
 from api.queue import enqueue_prediction
 from api.schemas.predictions import (
     PredictionCreate,
@@ -21,10 +29,10 @@ from api.schemas.predictions import (
 from api.services.inputs import validate_input
 from api.settings import ApiSettings
 from db.ids import is_id
-from db.repositories import models, predictions
+from db.repositories import idempotency_keys, models, predictions
 from db.repositories.predictions import UNFINISHED, Cursor, PredictionWithModel
 from db.session import session_scope
-from db.tables import ModelVersion, PredictionStatus, User
+from db.tables import ModelVersion, PredictionStatus, Role, User
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,62 @@ def parse_cancel_after(value: str) -> timedelta:
     return duration
 
 
+def _owner_scope(user: User) -> str | None:
+    """Whose predictions the user may see: their own, or everyone's for an admin."""
+    return None if user.role == Role.ADMIN else user.id
+
+
+def _request_hash(body: PredictionCreate, cancel_after: str | None) -> str:
+    """What makes two creates the same request: the body's meaning, not its formatting."""
+    canonical = json.dumps(
+        {"body": body.model_dump(mode="json"), "cancel_after": cancel_after},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(tx: Transaction, user: User, key: str, request_hash: str) -> str | None:
+    """The prediction an earlier request with this key created (24 h), if any. 409 while that
+    request is still in progress, 422 if it was a different request."""
+    if not idempotency_keys.try_lock(tx.session, owner_id=user.id, key=key):
+        raise Conflict("A request with this Idempotency-Key is still in progress; retry shortly")
+    seen = idempotency_keys.get(tx.session, owner_id=user.id, key=key)
+    if seen is None:
+        return None
+    if seen.request_hash != request_hash:
+        reason = "Already used with a different request in the last 24 hours"
+        raise Unprocessable(
+            f"Idempotency-Key: {reason}",
+            invalid_fields=[{"field": "Idempotency-Key", "message": reason}],
+        )
+    return seen.prediction_id
+
+
+def _check_backlog(
+    tx: Transaction, user: User, version_id: str, model_ref: str, settings: ApiSettings
+) -> None:
+    found = predictions.backlog(
+        tx.session,
+        version_id=version_id,
+        owner_id=user.id,
+        version_limit=settings.max_queued_per_version,
+        owner_limit=settings.max_in_flight_per_user,
+    )
+    if found.unfinished_for_owner >= settings.max_in_flight_per_user:
+        raise TooManyRequests(
+            f"You have {settings.max_in_flight_per_user} predictions in flight, the most "
+            "allowed: wait for some to finish",
+            headers={"Retry-After": "5"},
+        )
+    if found.queued_for_version >= settings.max_queued_per_version:
+        raise ServiceUnavailable(
+            f"{model_ref} has {settings.max_queued_per_version} predictions queued already; "
+            "try again later",
+            headers={"Retry-After": "10"},
+        )
+
+
 def create(
     tx: Transaction,
     user: User,
@@ -103,23 +167,34 @@ def create(
     base_url: str,
     settings: ApiSettings,
     cancel_after: str | None = None,
-) -> PredictionOut:
+    idempotency_key: str | None = None,
+) -> tuple[PredictionOut, bool]:
+    """The new prediction, or with an Idempotency-Key seen before, the one it created (then the
+    flag is True)."""
     deadline = (
         None if cancel_after is None else datetime.now(UTC) + parse_cancel_after(cancel_after)
     )
+    if idempotency_key is not None:
+        request_hash = _request_hash(body, cancel_after)
+        replayed = _replay(tx, user, idempotency_key, request_hash)
+        if replayed is not None:
+            return get(tx, user, replayed, base_url), True
     version, model_ref = _resolve_version(tx, body)
-    validated = validate_input(version.input_schema, body.input)
-    limit = settings.max_queued_per_version
-    if predictions.count_queued(tx.session, version_id=version.id, limit=limit) >= limit:
-        raise ServiceUnavailable(
-            f"{model_ref} has {limit} predictions queued already; try again later",
-            headers={"Retry-After": "10"},
-        )
+    validated = validate_input(version.input_schema, body.input, settings.max_input_string_chars)
+    _check_backlog(tx, user, version.id, model_ref, settings)
     prediction = predictions.create(
         tx.session, owner_id=user.id, version_id=version.id, input=validated, deadline=deadline
     )
+    if idempotency_key is not None:
+        idempotency_keys.put(
+            tx.session,
+            owner_id=user.id,
+            key=idempotency_key,
+            request_hash=request_hash,
+            prediction_id=prediction.id,
+        )
     tx.after_commit.append(partial(_enqueue, prediction.id, version.id))
-    return to_out(PredictionWithModel(prediction, model_ref), base_url)
+    return to_out(PredictionWithModel(prediction, model_ref), base_url), False
 
 
 def _enqueue(prediction_id: str, version_id: str) -> None:
@@ -134,7 +209,7 @@ def _enqueue(prediction_id: str, version_id: str) -> None:
 
 def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
     row = (
-        predictions.get(tx.session, id=prediction_id, owner_id=user.id)
+        predictions.get(tx.session, id=prediction_id, owner_id=_owner_scope(user))
         if is_id(prediction_id)
         else None
     )
@@ -151,7 +226,7 @@ def cancel(tx: Transaction, user: User, prediction_id: str, base_url: str) -> Pr
     predictions.update_status(
         tx.session,
         id=prediction_id,
-        owner_id=user.id,
+        owner_id=_owner_scope(user),
         from_statuses=UNFINISHED,
         status=PredictionStatus.CANCELED,
     )
@@ -184,7 +259,7 @@ def list_page(
     direction, position = _decode_cursor(cursor) if cursor else ("next", None)
     rows = predictions.list(
         tx.session,
-        owner_id=user.id,
+        owner_id=_owner_scope(user),
         limit=page_size + 1,
         after=position if direction == "next" else None,
         before=position if direction == "previous" else None,

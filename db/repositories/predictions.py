@@ -51,14 +51,17 @@ def get(session: Session, *, id: str, owner_id: str | None = None) -> Prediction
 def list(
     session: Session,
     *,
-    owner_id: str,
+    owner_id: str | None,
     limit: int,
     after: Cursor | None = None,
     before: Cursor | None = None,
 ) -> builtins.list[PredictionWithModel]:
-    """Newest first. `after`: rows older than the cursor; `before`: rows newer than it."""
+    """Newest first; everyone's when owner_id is None. `after`: rows older than the cursor;
+    `before`: rows newer than it."""
     key = tuple_(Prediction.created_at, Prediction.id)
-    query = _with_model().where(Prediction.owner_id == owner_id)
+    query = _with_model()
+    if owner_id is not None:
+        query = query.where(Prediction.owner_id == owner_id)
     if before is not None:
         query = query.where(key > tuple_(before.created_at, before.id)).order_by(
             Prediction.created_at.asc(), Prediction.id.asc()
@@ -109,15 +112,31 @@ def create(
     return prediction
 
 
-def count_queued(session: Session, *, version_id: str, limit: int) -> int:
-    """Queued predictions of a version, counted up to `limit` (cheap at any depth)."""
-    queued = (
-        select(Prediction.id)
-        .where(Prediction.version_id == version_id, Prediction.status == PredictionStatus.STARTING)
-        .limit(limit)
-        .subquery()
+@dataclass(frozen=True)
+class Backlog:
+    queued_for_version: int  # `starting` predictions of the version
+    unfinished_for_owner: int  # the user's predictions in flight
+
+
+def backlog(
+    session: Session, *, version_id: str, owner_id: str, version_limit: int, owner_limit: int
+) -> Backlog:
+    """Both counts in one round trip, each counted only up to its limit (cheap at any depth)."""
+
+    def counted(*where: ColumnElement[bool], limit: int) -> Any:
+        rows = select(Prediction.id).where(*where).limit(limit).subquery()
+        return select(func.count()).select_from(rows).scalar_subquery()
+
+    queued = counted(
+        Prediction.version_id == version_id,
+        Prediction.status == PredictionStatus.STARTING,
+        limit=version_limit,
     )
-    return session.scalar(select(func.count()).select_from(queued)) or 0
+    in_flight = counted(
+        Prediction.owner_id == owner_id, Prediction.status.in_(UNFINISHED), limit=owner_limit
+    )
+    row = session.execute(select(queued, in_flight)).one()
+    return Backlog(row[0], row[1])
 
 
 def mark_not_enqueued(session: Session, *, ids: builtins.list[str]) -> None:

@@ -21,3 +21,11 @@ def create(
     session.add(user)
     session.flush()
     return user
+
+
+def set_role(session: Session, *, username: str, role: Role) -> bool:
+    """False when there is no such user."""
+    user = get_by_username(session, username=username)
+    if user is not None:
+        user.role = role
+    return user is not None

@@ -1,12 +1,16 @@
 """Typed tables. Importing this package registers every table on Base.metadata."""
 
+from db.tables.api_token import ApiToken
+from db.tables.idempotency_key import IdempotencyKey
 from db.tables.model import Model
 from db.tables.model_version import Hardware, ModelVersion
 from db.tables.prediction import Prediction, PredictionStatus
 from db.tables.user import Role, User
 
 __all__ = [
+    "ApiToken",
     "Hardware",
+    "IdempotencyKey",
     "Model",
     "ModelVersion",
     "Prediction",

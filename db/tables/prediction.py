@@ -58,6 +58,12 @@ class Prediction(Base):
             "created_at",
             postgresql_where=text("status IN ('starting', 'processing')"),
         ),
+        # Predictions in flight per user (the per-user limit): only unfinished rows.
+        Index(
+            "ix_predictions_unfinished_owner_id",
+            "owner_id",
+            postgresql_where=text("status IN ('starting', 'processing')"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)

@@ -1,0 +1,80 @@
+"""Per-token rate limits shared by every API process, counted in Redis by the `limits` library.
+
+Two buckets per identity: `write` (creating predictions, and every other POST or DELETE) and
+`read` (GET). The defaults are Replicate's: 600 writes and 3000 reads a minute. Sign-up and
+sign-in are limited per client address instead (`auth`), to slow password guessing. If Redis
+is unreachable the request is let through: PostgreSQL, not Redis, decides what is accepted.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+from limits import RateLimitItem, parse
+from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from api.errors import TooManyRequests
+from api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Usage:
+    limit: int
+    remaining: int
+    reset_at: float  # epoch seconds
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
+
+
+@cache
+def _limiter(redis_url: str) -> SlidingWindowCounterRateLimiter:
+    # Short timeouts: a dead Redis must cost a request milliseconds, not seconds.
+    storage = storage_from_string(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    return SlidingWindowCounterRateLimiter(storage)
+
+
+@cache
+def _item(spec: str) -> RateLimitItem:
+    return parse(spec)
+
+
+def bucket_limit(settings: ApiSettings, bucket: str) -> str:
+    return {
+        "write": settings.rate_limit_write,
+        "read": settings.rate_limit_read,
+        "auth": settings.rate_limit_auth,
+    }[bucket]
+
+
+def hit(settings: ApiSettings, bucket: str, identity: str) -> Usage | None:
+    """Count one request; 429 (with Retry-After) once the bucket is spent. None: not counted
+    (Redis is down)."""
+    item = _item(bucket_limit(settings, bucket))
+    limiter = _limiter(settings.redis_url)
+    try:
+        allowed = limiter.hit(item, bucket, identity)
+        stats = limiter.get_window_stats(item, bucket, identity)
+    except redis.RedisError as exc:
+        log.warning("rate limit not checked (Redis unavailable): %s", exc)
+        return None
+    usage = Usage(item.amount, stats.remaining, stats.reset_time)
+    if not allowed:
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise TooManyRequests(
+            f"Rate limit of {item.amount} {bucket} requests per {item.GRANULARITY.name} "
+            f"exceeded; retry in {retry_after} s",
+            headers={**usage.headers, "Retry-After": str(retry_after)},
+        )
+    return usage

@@ -1,0 +1,49 @@
+"""Issuing, listing and revoking API tokens."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, NotFound, Unprocessable
+from api.schemas.tokens import ApiTokenCreated, ApiTokenList, ApiTokenOut, TokenCreate
+from api.security import hash_api_token, new_api_token
+from api.settings import ApiSettings
+from db.ids import is_id
+from db.repositories import api_tokens
+from db.tables import User
+
+
+def create(
+    session: Session, user: User, body: TokenCreate, settings: ApiSettings
+) -> ApiTokenCreated:
+    if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
+        raise Unprocessable(
+            "expires_at: must be in the future",
+            invalid_fields=[{"field": "expires_at", "message": "Must be in the future"}],
+        )
+    if api_tokens.count(session, user_id=user.id) >= settings.max_tokens_per_user:
+        raise Conflict(
+            f"You have {settings.max_tokens_per_user} API tokens, the most allowed: "
+            "revoke one first"
+        )
+    secret = new_api_token()
+    token = api_tokens.create(
+        session,
+        user_id=user.id,
+        name=body.name,
+        token_hash=hash_api_token(secret),
+        prefix=secret[:8],
+        expires_at=body.expires_at,
+    )
+    return ApiTokenCreated(**ApiTokenOut.model_validate(token).model_dump(), token=secret)
+
+
+def list_tokens(session: Session, user: User) -> ApiTokenList:
+    return ApiTokenList(
+        results=[ApiTokenOut.model_validate(t) for t in api_tokens.list(session, user_id=user.id)]
+    )
+
+
+def revoke(session: Session, user: User, token_id: str) -> None:
+    if not is_id(token_id) or not api_tokens.revoke(session, id=token_id, user_id=user.id):
+        raise NotFound(f"No API token {token_id!r}")
