@@ -15,7 +15,7 @@ from api.errors import Forbidden, Unauthorized
 from api.security import InvalidToken, decode_access_token, hash_api_token, is_api_token
 from api.settings import ApiSettings, get_api_settings
 from db.repositories import api_tokens, users
-from db.session import get_sessionmaker
+from db.session import get_sessionmaker, session_scope
 from db.tables import Role, User
 
 
@@ -87,14 +87,19 @@ def authenticate(session: Session, settings: ApiSettings, bearer: str) -> Princi
 def get_principal(
     request: Request,
     response: Response,
-    tx: TransactionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """Authenticate, then count the request against the caller's rate limit."""
+    """Authenticate, then count the request against the caller's rate limit.
+
+    In a short transaction of its own, not the request's: FastAPI runs each sync dependency
+    and the endpoint in separate thread-pool calls, and a connection held between them waits
+    for a free thread while the threads wait for a free connection (a deadlock under load).
+    """
     if credentials is None:
         raise Unauthorized("Missing credentials: send 'Authorization: Bearer <token>'")
-    principal = authenticate(tx.session, settings, credentials.credentials)
+    with session_scope() as session:
+        principal = authenticate(session, settings, credentials.credentials)
     bucket = "read" if request.method in ("GET", "HEAD") else "write"
     usage = rate_limits.hit(settings, bucket, principal.rate_limit_key)
     if usage is not None:

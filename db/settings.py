@@ -27,6 +27,11 @@ class DatabaseSettings(BaseSettings):
                 return "postgresql+psycopg://" + url.removeprefix(prefix)
         return url
 
+    @property
+    def libpq_url(self) -> str:
+        """The URL for psycopg itself (LISTEN connections), without SQLAlchemy's driver name."""
+        return self.url.replace("postgresql+psycopg://", "postgresql://", 1)
+
 
 @lru_cache
 def get_database_settings() -> DatabaseSettings:

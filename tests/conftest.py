@@ -72,3 +72,6 @@ def database() -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE_NAME}" WITH (FORCE)'))
         engine.dispose()
+
+
+pytest_plugins = ["tests.live"]

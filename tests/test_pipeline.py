@@ -1,64 +1,18 @@
 """The whole pipeline for real: uvicorn → PostgreSQL → Redis → a Celery worker process → models."""
 
 import math
-import os
 import re
-import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from celery import Celery
 
-from tests.conftest import DATABASE_URL, WORKER_REDIS_URL
-from tests.helpers import create_version, register_and_login
-from tests.processes import free_port, http_ok, start, stop, wait_for_prediction, wait_until
+from tests.conftest import WORKER_REDIS_URL
+from tests.helpers import create_version
+from tests.live import LiveStack
+from tests.processes import wait_for_prediction, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class LiveStack:
-    base_url: str
-    client: httpx.Client
-    headers: dict[str, str]
-    worker_log: Path
-    worker_metrics: str
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """A uvicorn API and a separate Celery worker process on the run's database and Redis."""
-    logs = tmp_path_factory.mktemp("live")
-    metrics_port = free_port()
-    env = os.environ | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": WORKER_REDIS_URL}
-    port = free_port()
-    worker = start(
-        ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions",
-         "-n", f"test-{secrets.token_hex(3)}@%h", "--loglevel", "INFO"],
-        env | {"QUERN_WORKER_METRICS_PORT": str(metrics_port)}, logs / "worker.log",
-    )  # fmt: skip
-    api = start(
-        ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-        logs / "api.log",
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http_ok(f"{base_url}/health"), 60, "the API")
-        with httpx.Client(base_url=base_url, timeout=30) as client:
-            yield LiveStack(
-                base_url,
-                client,
-                register_and_login(client),
-                logs / "worker.log",
-                f"http://127.0.0.1:{metrics_port}/metrics",
-            )
-    finally:
-        stop(api)
-        stop(worker)
 
 
 def create(

@@ -70,7 +70,7 @@ def _heartbeat() -> None:
 
 
 def _listen() -> None:
-    url = get_database_settings().url.replace("postgresql+psycopg://", "postgresql://", 1)
+    url = get_database_settings().libpq_url
     while True:
         try:
             with psycopg.connect(url, autocommit=True) as conn:

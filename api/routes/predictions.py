@@ -1,13 +1,20 @@
 """Predictions: create, read, list, cancel."""
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from sse_starlette import EventSourceResponse
 
 from api.deps import CurrentUser, SettingsDep, TransactionDep
 from api.errors import PROBLEMS
 from api.schemas.predictions import PredictionCreate, PredictionOut, PredictionPage
 from api.services import predictions
+from api.services.streams import prediction_events
+from api.services.waiting import WaitingResponse, parse_prefer_wait
+
+# A comment line this often keeps proxies from closing a quiet stream.
+PING_S = 15
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"], responses=PROBLEMS)
 
@@ -43,14 +50,28 @@ def create_prediction(
             "prediction (header `Idempotent-Replayed: true`) instead of running it again.",
         ),
     ] = None,
-) -> PredictionOut:
-    """Validate the input, store the prediction, queue it. Returns at once with `starting`."""
+    prefer: Annotated[
+        str | None,
+        Header(
+            max_length=256,
+            description="`wait` or `wait=N` (1-60 s): answer when the prediction is finished, "
+            "or after N seconds with it unfinished and a `Location` header to poll.",
+        ),
+    ] = None,
+) -> PredictionOut | Response:
+    """Validate the input, store the prediction, queue it. Returns at once with `starting`,
+    unless `Prefer: wait` asks to wait for the result."""
+    wait_s = parse_prefer_wait(prefer)
+    base_url = _base_url(request)
     prediction, replayed = predictions.create(
-        tx, user, body, _base_url(request), settings, cancel_after, idempotency_key
+        tx, user, body, base_url, settings, cancel_after, idempotency_key
     )
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return prediction
+    if wait_s is None:
+        return prediction
+    load = partial(predictions.load, user, prediction.id, base_url)
+    return WaitingResponse(prediction, wait_s, load, response.headers)
 
 
 @router.get("", response_model=PredictionPage)
@@ -73,6 +94,32 @@ def get_prediction(
 ) -> PredictionOut:
     """One of your predictions; anyone else's is 404."""
     return predictions.get(tx, user, prediction_id, _base_url(request))
+
+
+@router.get(
+    "/{prediction_id}/stream",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "The event stream"}},
+)
+def stream_prediction(
+    prediction_id: str,
+    request: Request,
+    tx: TransactionDep,
+    user: CurrentUser,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events: `output` (each token or chunk; text as is, anything else as JSON),
+    `logs`, then `error` if it failed and `done` (`{"status": ...}`). Every event but the last two
+    has an id: reconnect with `Last-Event-ID` to resume without loss or repeats. Opened after
+    the end, it replays the output and ends."""
+    base_url = _base_url(request)
+    prediction = predictions.get(tx, user, prediction_id, base_url)  # 404 if not yours
+    load = partial(predictions.load, user, prediction.id, base_url)
+    return EventSourceResponse(
+        prediction_events(prediction, load, last_event_id),
+        ping=PING_S,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post("/{prediction_id}/cancel", response_model=PredictionOut)

@@ -28,6 +28,7 @@ class PredictionCreate(RequestBody):
 class PredictionUrls(ResponseBody):
     get: str
     cancel: str
+    stream: str
 
 
 class PredictionMetrics(ResponseBody):

@@ -53,7 +53,7 @@ def to_out(row: PredictionWithModel, base_url: str) -> PredictionOut:
         started_at=p.started_at,
         completed_at=p.completed_at,
         deadline=p.deadline,
-        urls=PredictionUrls(get=url, cancel=f"{url}/cancel"),
+        urls=PredictionUrls(get=url, cancel=f"{url}/cancel", stream=f"{url}/stream"),
         metrics=PredictionMetrics(
             predict_time=p.metrics.get("predict_time"),
             batch_size=p.metrics.get("batch_size"),
@@ -216,6 +216,12 @@ def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> Predi
     if row is None:
         raise NotFound(f"No prediction {prediction_id!r}")
     return to_out(row, base_url)
+
+
+def load(user: User, prediction_id: str, base_url: str) -> PredictionOut:
+    """`get` in a transaction of its own: for code that runs after the request's has ended."""
+    with session_scope() as session:
+        return get(Transaction(session), user, prediction_id, base_url)
 
 
 def cancel(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:

@@ -1,0 +1,139 @@
+"""`GET /v1/predictions/{id}/stream`: the prediction's events as Server-Sent Events.
+
+Workers append `output` chunks (tokens) and `logs` to a Redis Stream per prediction
+(`workers/events.py`) before they commit its final status. This replays the stream from the
+client's `Last-Event-ID` (entry ids are the SSE ids, so a reconnect neither loses nor repeats a
+chunk), follows it live, and, once the status listener says the prediction is terminal, sends
+what is left, then `error` (if it failed) and `done`. A stream opened after the Redis entries
+expired (24 h) replays the stored output as one `output` event.
+"""
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from sse_starlette import ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from api.schemas.predictions import PredictionOut
+from api.services.waiting import RECHECK_S, is_finished
+from api.settings import get_api_settings
+from api.status_listener import status_listener
+
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+READ_BLOCK_MS = 15_000  # a cancelled read costs a reconnect, so block long
+READ_COUNT = 500
+
+
+def events_key(prediction_id: str) -> str:
+    return f"quern:events:{prediction_id}"
+
+
+_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+
+
+def _redis() -> aioredis.Redis:
+    loop = asyncio.get_running_loop()
+    if loop not in _clients:
+        _clients[loop] = aioredis.Redis.from_url(
+            get_api_settings().redis_url, socket_connect_timeout=1, socket_timeout=5
+        )
+    return _clients[loop]
+
+
+def _sse(entry_id: str, fields: dict[bytes, bytes]) -> tuple[ServerSentEvent, Any]:
+    """Text goes out as is (one `data:` line per line); anything else as JSON."""
+    event = fields[b"event"].decode()
+    value = json.loads(fields[b"data"])
+    data = value if isinstance(value, str) else json.dumps(value)
+    return ServerSentEvent(data, event=event, id=entry_id), value if event == "output" else None
+
+
+async def prediction_events(
+    prediction: PredictionOut,
+    load: Callable[[], PredictionOut],
+    last_event_id: str | None,
+) -> AsyncIterator[ServerSentEvent]:
+    key = events_key(prediction.id)
+    cursor = last_event_id if last_event_id and STREAM_ID.match(last_event_id) else "0-0"
+    resumed = cursor != "0-0"
+    streamed: list[Any] = []  # output values sent on this connection
+    listener = status_listener()
+    async with listener.finished(prediction.id) as changed:
+        prediction = await run_in_threadpool(load)
+        while True:
+            finished = is_finished(prediction)
+            try:
+                read = await _read(key, cursor, None if finished else changed, listener.connected)
+            except RedisError:  # no live events: wait for the end; the output comes from the row
+                if finished:
+                    break
+                read = []
+                await _first(changed.wait(), limit_s=None if listener.connected else RECHECK_S)
+            if finished and not read:
+                break  # everything written before the end has been sent
+            for entry_id, fields in read:
+                cursor = entry_id.decode()
+                event, output = _sse(cursor, fields)
+                if output is not None:
+                    streamed.append(output)
+                yield event
+            if changed.is_set() or not listener.connected:
+                changed.clear()
+                prediction = await run_in_threadpool(load)
+    for event in _ending(prediction, streamed, resumed):
+        yield event
+
+
+async def _read(
+    key: str, cursor: str, changed: asyncio.Event | None, connected: bool
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Entries after `cursor`: at once when `changed` is None (draining), else the next ones
+    as soon as they come, or none when `changed` is set first."""
+    reply: Any  # RESP2: [[key, [(id, fields), ...]]]
+    if changed is None:
+        reply = await _redis().xread({key: cursor}, count=READ_COUNT)
+    else:
+        block_ms = READ_BLOCK_MS if connected else int(RECHECK_S * 1000)
+        reading = _redis().xread({key: cursor}, count=READ_COUNT, block=block_ms)
+        reply = await _first(reading, changed.wait())
+    return [entry for _, entries in reply or [] for entry in entries]
+
+
+async def _first(*awaitables: Awaitable[Any], limit_s: float | None = None) -> Any:
+    """The first awaitable's result if it finishes first, else None; the rest are cancelled."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    done, pending = await asyncio.wait(tasks, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return tasks[0].result() if tasks[0] in done else None
+
+
+def _ending(prediction: PredictionOut, streamed: list[Any], resumed: bool) -> list[ServerSentEvent]:
+    events = []
+    output = prediction.output
+    if prediction.status == "succeeded" and output is not None:
+        missing = _unsent(output, streamed, resumed)
+        if missing is not None:
+            data = missing if isinstance(missing, str) else json.dumps(missing)
+            events.append(ServerSentEvent(data, event="output"))
+    if prediction.error:
+        events.append(ServerSentEvent(prediction.error, event="error"))
+    events.append(ServerSentEvent(json.dumps({"status": prediction.status}), event="done"))
+    return events
+
+
+def _unsent(output: Any, streamed: list[Any], resumed: bool) -> Any:
+    """What of the stored output the client has not had: all of it when no events were kept
+    (they expired, or Redis was down), the rest of a text cut short, else nothing."""
+    if not streamed:
+        return None if resumed else output
+    if isinstance(output, str) and all(isinstance(chunk, str) for chunk in streamed):
+        sent = "".join(streamed)
+        if output.startswith(sent) and len(output) > len(sent):
+            return output[len(sent) :]
+    return None

@@ -1,0 +1,83 @@
+"""Each API process keeps one PostgreSQL connection that LISTENs for prediction status changes
+(migration 0002 NOTIFYs "<id> <status>" on every committed change), and wakes the requests
+waiting on a prediction: `Prefer: wait` and event streams. A thousand waiting requests cost a
+thousand asyncio events, not a thousand connections or threads, and nothing polls.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+
+from db.engine import process_label
+from db.repositories.predictions import STATUS_CHANNEL
+from db.settings import get_database_settings
+from db.tables import PredictionStatus
+
+log = logging.getLogger(__name__)
+
+RECONNECT_DELAY_S = 1.0
+
+
+class StatusListener:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.connected = False
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def finished(self, prediction_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set when the prediction reaches a terminal status, and also whenever the
+        listener (re)connects, since a change may have gone unheard: then check the row."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="status-listener")
+        event = asyncio.Event()
+        self._waiters.setdefault(prediction_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiting = self._waiters.get(prediction_id)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiters[prediction_id]
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name=process_label()
+                ) as conn:
+                    await conn.execute(f"LISTEN {STATUS_CHANNEL}")
+                    self.connected = True
+                    self._wake_all()
+                    async for notice in conn.notifies():
+                        prediction_id, _, status = notice.payload.partition(" ")
+                        if PredictionStatus(status).is_terminal:
+                            for event in self._waiters.get(prediction_id, ()):
+                                event.set()
+            except Exception as exc:
+                if self.connected:
+                    log.warning("status listener lost PostgreSQL (%s); reconnecting", exc)
+            self.connected = False
+            self._wake_all()
+            await asyncio.sleep(RECONNECT_DELAY_S)
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+
+_listeners: dict[asyncio.AbstractEventLoop, StatusListener] = {}
+
+
+def status_listener() -> StatusListener:
+    """This event loop's listener (one per API process; tests may run several loops)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _listeners:
+        _listeners[loop] = StatusListener(get_database_settings().libpq_url)
+    return _listeners[loop]
