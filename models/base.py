@@ -1,7 +1,7 @@
 """The Predictor protocol: set up once per process, predict many batches."""
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -62,3 +62,36 @@ def stop_requested() -> list[bool] | None:
     """One flag per input of the running batch (True: stop it now); None outside a worker."""
     check = _stop_check.get()
     return None if check is None else check()
+
+
+# Streaming partial output (Server-Sent Events). The worker installs a sink for the batch it is
+# running; a model that works in steps (tokens) may call `emit_outputs` after each step with the
+# new chunk of each input that has one, keyed by the input's position in the `inputs` given to
+# `predict_batch`, and the worker publishes them at once. Custom models can use it too. A model
+# that emits for an input must emit all of it: the worker then publishes no whole output for
+# that input (for text, the chunks concatenated must equal the output). A model that never
+# emits has its whole output published once, when it is recorded.
+OutputSink = Callable[[Mapping[int, Any]], None]
+_output_sink: ContextVar[OutputSink | None] = ContextVar("output_sink", default=None)
+
+
+@contextmanager
+def output_sink(sink: OutputSink) -> Iterator[None]:
+    token = _output_sink.set(sink)
+    try:
+        yield
+    finally:
+        _output_sink.reset(token)
+
+
+def emit_outputs(chunks: Mapping[int, Any]) -> None:
+    """Hand each input's new chunk (input index -> chunk) to the worker; one call per step
+    keeps it one round trip for the whole batch. Does nothing outside a worker."""
+    sink = _output_sink.get()
+    if sink is not None and chunks:
+        sink(chunks)
+
+
+def emit_output(index: int, chunk: Any) -> None:
+    """`emit_outputs` for one input."""
+    emit_outputs({index: chunk})

@@ -8,13 +8,15 @@ import hashlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
 
-from models.base import PredictionError, pick_device, stop_requested
+from models.base import PredictionError, emit_outputs, pick_device, stop_requested
 from models.weights import cache_dir
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ class TextGenerationPredictor:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         self.model = model.to(self.device)  # type: ignore[arg-type]
         self.model.eval()
+        eos = self.model.generation_config.eos_token_id
+        ends = [self.tokenizer.pad_token_id, *(eos if isinstance(eos, list) else [eos])]
+        self.row_ends = {int(token) for token in ends if token is not None}
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
         outputs: list[Any] = [None] * len(inputs)
@@ -85,8 +90,7 @@ class TextGenerationPredictor:
             else:
                 groups.setdefault(generation_key(item), []).append(index)
         for indices in groups.values():
-            stop = StopFlagged(indices)
-            texts = self._generate([prompts[i] for i in indices], inputs[indices[0]], stop)
+            texts = self._generate([prompts[i] for i in indices], inputs[indices[0]], indices)
             for i, text in zip(indices, texts, strict=True):
                 outputs[i] = text
         return outputs
@@ -99,17 +103,17 @@ class TextGenerationPredictor:
         )
 
     @torch.inference_mode()
-    def _generate(
-        self, prompts: list[str], first: dict[str, Any], stop: StoppingCriteria
-    ) -> list[str]:
-        """One forward pass for prompts that share generation parameters (those of `first`)."""
+    def _generate(self, prompts: list[str], first: dict[str, Any], indices: list[int]) -> list[str]:
+        """One forward pass for prompts that share generation parameters (those of `first`);
+        `indices` are their positions in the batch, to stop and stream them."""
         encoded = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False
         ).to(self.device)
         with torch.random.fork_rng(devices=[]):  # a seed must not leak into later predictions
-            return self._sample(encoded, first, stop)
+            return self._sample(encoded, first, indices)
 
-    def _sample(self, encoded: Any, first: dict[str, Any], stop: StoppingCriteria) -> list[str]:
+    def _sample(self, encoded: Any, first: dict[str, Any], indices: list[int]) -> list[str]:
+        streamer = RowStreamer(self.decode, indices, self.row_ends)
         sampling = first["temperature"] > 0
         if first.get("seed") is not None:
             torch.manual_seed(first["seed"])
@@ -121,11 +125,17 @@ class TextGenerationPredictor:
             top_p=first["top_p"] if sampling else None,
             top_k=None,
             pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=[stop],
+            stopping_criteria=[StopFlagged(indices)],
+            streamer=streamer,
         )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [str(text) for text in texts]
+        texts = [self.decode(row) for row in new_tokens.tolist()]
+        streamer.finish(texts)
+        return texts
+
+    def decode(self, tokens: list[int]) -> str:
+        """A row's new tokens as text: the one decoding for its output and for its stream."""
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
 
 class StopFlagged(StoppingCriteria):
@@ -139,3 +149,56 @@ class StopFlagged(StoppingCriteria):
         flags = stop_requested()
         rows = [False] * len(self.indices) if flags is None else [flags[i] for i in self.indices]
         return torch.tensor(rows, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class RowStreamer(BaseStreamer):
+    """Streams every row's text while the rows generate as one batch (TextStreamer takes one).
+
+    `generate` calls `put` with the prompt ids, then with each step's next token of every row.
+    Each step decodes a row's new tokens so far exactly as its output will be decoded and emits
+    what was added since its last chunk. Text ending in U+FFFD (a character whose bytes are
+    not all there yet) waits for the next token; a row that finished (end of sequence, or
+    stopped) only gets pad tokens, which are ignored. `finish` emits the rest of each final
+    text, so a row's chunks concatenated equal its output.
+    """
+
+    def __init__(
+        self, decode: Callable[[list[int]], str], indices: list[int], finished: set[int]
+    ) -> None:
+        self.decode = decode
+        self.indices = indices  # row in this `generate` call -> input's index in the batch
+        self.finished = finished  # token ids that end a row
+        self.tokens: list[list[int]] = [[] for _ in indices]
+        self.sent = [""] * len(indices)
+        self.done = [False] * len(indices)
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the prompt ids: not output
+            self.prompt_seen = True
+            return
+        chunks: dict[int, str] = {}
+        for row, token in enumerate(value.tolist()):
+            if self.done[row] or token in self.finished:
+                self.done[row] = True
+                continue
+            self.tokens[row].append(token)
+            text = self.decode(self.tokens[row])
+            # A decoding that would rewrite sent text also waits (it cannot be taken back).
+            if not text.endswith("\ufffd") and text.startswith(self.sent[row]):
+                if chunk := text[len(self.sent[row]) :]:
+                    chunks[self.indices[row]] = chunk
+                self.sent[row] = text
+        emit_outputs(chunks)
+
+    def end(self) -> None:
+        """Nothing: `finish` flushes, with the texts that become the outputs."""
+
+    def finish(self, texts: list[str]) -> None:
+        chunks: dict[int, str] = {}
+        for row, text in enumerate(texts):
+            if not text.startswith(self.sent[row]):
+                log.warning("streamed text of row %d is not a prefix of its output", row)
+            elif chunk := text[len(self.sent[row]) :]:
+                chunks[self.indices[row]] = chunk
+        emit_outputs(chunks)

@@ -3,13 +3,15 @@
 Each prediction keeps its own fate: an input the model rejects fails only itself, and a batch
 that raises (out of memory, or one input crashing the model) is split in halves until the
 culprit runs alone. Recording happens on its own thread, so the next batch computes while
-the last one is written.
+the last one is written. Output chunks a model emits while it runs, and then each attempt's
+logs (and the whole output of a model that did not stream), go out as events (workers/events.py).
 """
 
 import logging
 import random
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +23,10 @@ from db.repositories.predictions import Claim
 from db.session import session_scope
 from db.storable import unstorable
 from db.tables import ModelVersion, PredictionStatus
-from models.base import PredictionError, Predictor, is_out_of_memory, stop_check
+from models.base import PredictionError, Predictor, is_out_of_memory, output_sink, stop_check
 from models.registry import UnknownModelType
 from models.weights import WeightsNotFound
-from workers import metrics, running, runtime
+from workers import events, metrics, running, runtime
 from workers.batcher import Batcher, Pending
 from workers.settings import get_worker_settings
 
@@ -46,6 +48,7 @@ class Outcome:
     transient: bool = False  # worth another attempt (out of memory even alone)
     predict_time: float = 0.0
     batch_size: int = 0
+    streamed: bool = False  # the model emitted its output in chunks as it ran
 
 
 def batcher_for(version_id: str) -> Batcher[str]:
@@ -74,8 +77,21 @@ def describe(exc: BaseException) -> str:
 def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str) -> list[Outcome]:
     """One outcome per claim. A batch that raises is split in halves and each half retried."""
     started = time.perf_counter()
+    streamed: set[int] = set()
+    cut: set[int] = set()  # lost a chunk: send no more, so what the client has is a prefix
+
+    def publish(chunks: Mapping[int, Any]) -> None:
+        """Indices are positions in this call's `claims` (a half, when the batch was split)."""
+        streamed.update(chunks)
+        sending = [i for i in chunks if i not in cut]
+        if not events.publish_many([(claims[i].id, "output", chunks[i]) for i in sending]):
+            cut.update(sending)
+
     try:
-        with stop_check(lambda: [running.stop_reason(claim) is not None for claim in claims]):
+        with (
+            stop_check(lambda: [running.stop_reason(claim) is not None for claim in claims]),
+            output_sink(publish),
+        ):
             outputs = predictor.predict_batch([claim.input for claim in claims])
         if len(outputs) != len(claims):
             raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(claims)}")
@@ -98,8 +114,10 @@ def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str
     return [
         Outcome(error=str(output), predict_time=elapsed, batch_size=len(claims))
         if isinstance(output, PredictionError)
-        else Outcome(output=output, predict_time=elapsed, batch_size=len(claims))
-        for output in outputs
+        else Outcome(
+            output=output, predict_time=elapsed, batch_size=len(claims), streamed=i in streamed
+        )
+        for i, output in enumerate(outputs)
     ]
 
 
@@ -156,11 +174,18 @@ def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str]) -> No
     """Write every outcome in one transaction. Only the attempt that claimed a prediction may
     record it, and a prediction canceled meanwhile keeps `canceled` (and gets its logs)."""
     with session_scope() as session:
+        published: list[events.Event] = []
         for claim, outcome in zip(claims, outcomes, strict=True):
-            _record_one(session, claim, outcome, notes)
+            published += _record_one(session, claim, outcome, notes)
+        # Still uncommitted: the API ends a prediction's event stream once it sees the final
+        # status, so the stream must already hold everything by then.
+        events.publish_many(published)
 
 
-def _record_one(session: Session, claim: Claim, outcome: Outcome, notes: list[str]) -> None:
+def _record_one(
+    session: Session, claim: Claim, outcome: Outcome, notes: list[str]
+) -> list[events.Event]:
+    """Write one outcome; return the events to publish for it."""
     settings = get_worker_settings()
     logs = list(notes)
     error = outcome.error
@@ -185,20 +210,20 @@ def _record_one(session: Session, claim: Claim, outcome: Outcome, notes: list[st
     if stop == "canceled":
         logs.append("Canceled while running: stopped at the next step")
         predictions.add_logs(session, id=claim.id, logs=_lines(logs))
-        return
+        return [_logs_event(claim, logs)]
     if stop is not None:
         logs.append(f"Canceled: {stop}")
         predictions.update_status(
             session, **common, status=PredictionStatus.CANCELED, output=output, error=stop,
             append_logs=_lines(logs),
         )  # fmt: skip
-        return
+        return [_logs_event(claim, logs)]
     if outcome.transient:
         if claim.attempts < settings.max_attempts:
             delay = retry_delay(claim.attempts, settings.retry_base_s, settings.retry_cap_s)
             logs.append(f"Attempt {claim.attempts} failed ({error}); retrying in {delay:.2f}s")
             predictions.retry_later(session, claim=claim, delay_s=delay, logs=_lines(logs))
-            return
+            return [_logs_event(claim, logs)]
         error = f"Gave up after {claim.attempts} attempts: {error}"
     values: dict[str, Any] = {"append_logs": _lines(logs)}
     if error is None:
@@ -214,7 +239,15 @@ def _record_one(session: Session, claim: Claim, outcome: Outcome, notes: list[st
     status = PredictionStatus.FAILED if error else PredictionStatus.SUCCEEDED
     if not predictions.update_status(session, **common, status=status, **values):
         log.info("prediction %s was canceled or taken over; outcome discarded", claim.id)
+        return []
+    if error is None and not outcome.streamed:
+        return [(claim.id, "output", output), _logs_event(claim, logs)]
+    return [_logs_event(claim, logs)]
 
 
 def _lines(lines: list[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
+
+
+def _logs_event(claim: Claim, lines: list[str]) -> events.Event:
+    return (claim.id, "logs", "\n".join(lines))

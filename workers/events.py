@@ -1,0 +1,89 @@
+"""A running prediction's events (output chunks, logs), published to its own Redis Stream.
+
+The API serves `quern:events:<prediction_id>` as Server-Sent Events and, once PostgreSQL says
+the prediction is terminal, drains the stream and ends it; so every entry of an attempt must
+be added before its terminal status commits. An entry has two fields: `event` ("output" or
+"logs") and `data` (the value as JSON). Streams expire a day after their last entry.
+
+Best effort: PostgreSQL holds the truth, and a prediction never fails for want of Redis. While
+Redis is unreachable, entries are dropped with a warning at most once a minute, and after each
+failure nothing is tried for a second, so a model streaming tokens does not wait out a timeout
+on every step.
+"""
+
+import json
+import logging
+import math
+import threading
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from workers.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "quern:events:"
+TTL_S = 86400
+MAX_LEN = 100_000  # approximate: trimming whole nodes is cheap
+TIMEOUT_S = 0.5
+PAUSE_AFTER_FAILURE_S = 1.0
+WARN_EVERY_S = 60.0
+
+Event = tuple[str, str, Any]  # (prediction id, "output" or "logs", value)
+
+_lock = threading.Lock()
+_paused_until = 0.0
+_warned_at = -math.inf
+
+
+def key(prediction_id: str) -> str:
+    return f"{KEY_PREFIX}{prediction_id}"
+
+
+@lru_cache
+def client() -> redis.Redis:
+    """The broker's Redis, connected on first use; short timeouts and no retries, since a
+    publisher that waits holds up the model."""
+    return redis.Redis.from_url(
+        get_worker_settings().redis_url,
+        socket_timeout=TIMEOUT_S,
+        socket_connect_timeout=TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def publish(prediction_id: str, event: str, value: Any) -> bool:
+    return publish_many([(prediction_id, event, value)])
+
+
+def publish_many(events: list[Event]) -> bool:
+    """Add every event to its prediction's stream, in order, in one round trip. False when
+    they were dropped (Redis unreachable, or it was a moment ago)."""
+    global _paused_until, _warned_at
+    if time.monotonic() < _paused_until:
+        return False
+    if not events:
+        return True
+    pipe = client().pipeline(transaction=False)
+    for prediction_id, event, value in events:
+        fields = {"event": event, "data": json.dumps(value)}
+        pipe.xadd(key(prediction_id), fields, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
+        pipe.expire(key(prediction_id), TTL_S)
+    try:
+        pipe.execute()
+        return True
+    except (redis.RedisError, OSError) as exc:
+        now = time.monotonic()
+        with _lock:
+            _paused_until = now + PAUSE_AFTER_FAILURE_S
+            warn = now - _warned_at >= WARN_EVERY_S
+            if warn:
+                _warned_at = now
+        if warn:
+            log.warning("could not publish prediction events to Redis; dropping them (%s)", exc)
+        return False
