@@ -12,6 +12,11 @@ from db.ids import is_id
 from db.repositories import api_tokens
 from db.tables import User
 
+# PostgreSQL stores later instants, but one past 9999-12-31 in the session's time zone (as
+# 9999-12-31T23:00-05:00 is in UTC) cannot be read back as a Python datetime: every later read
+# of the token (listing, signing in with it) would fail.
+LATEST_EXPIRY = datetime(9999, 1, 1, tzinfo=UTC)
+
 
 def create(
     session: Session, user: User, body: TokenCreate, settings: ApiSettings
@@ -20,6 +25,11 @@ def create(
         raise Unprocessable(
             "expires_at: must be in the future",
             invalid_fields=[{"field": "expires_at", "message": "Must be in the future"}],
+        )
+    if body.expires_at is not None and body.expires_at >= LATEST_EXPIRY:
+        raise Unprocessable(
+            "expires_at: must be before 9999-01-01",
+            invalid_fields=[{"field": "expires_at", "message": "Must be before 9999-01-01"}],
         )
     if api_tokens.count(session, user_id=user.id) >= settings.max_tokens_per_user:
         raise Conflict(

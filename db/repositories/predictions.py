@@ -152,7 +152,8 @@ def claim(session: Session, *, ids: builtins.list[str], lease_s: float) -> built
     """Move those of `ids` that may start now to `processing`, under a lease of `lease_s`.
 
     Those past their deadline become `aborted`. The rest (canceled, finished, waiting out a
-    retry delay, or claimed by another delivery) are left as they are.
+    retry delay, or claimed by another delivery) are left as they are. Claims come back in the
+    order of `ids` (arrival order), whatever order PostgreSQL returns the rows in.
     """
     abort_expired(session, ids=ids)
     rows = session.execute(
@@ -170,7 +171,9 @@ def claim(session: Session, *, ids: builtins.list[str], lease_s: float) -> built
         )
         .returning(Prediction.id, Prediction.input, Prediction.attempts, Prediction.deadline)
     )
-    return [Claim(row.id, row.input, row.attempts, row.deadline) for row in rows]
+    position = {id: index for index, id in enumerate(ids)}
+    claims = [Claim(row.id, row.input, row.attempts, row.deadline) for row in rows]
+    return sorted(claims, key=lambda claim: position[claim.id])
 
 
 def renew_leases(session: Session, *, claims: builtins.list[Claim], lease_s: float) -> None:

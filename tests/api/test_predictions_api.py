@@ -33,6 +33,7 @@ def test_create_returns_the_replicate_shaped_object(client: TestClient, auth) ->
     assert prediction["urls"] == {
         "get": f"http://testserver/v1/predictions/{prediction['id']}",
         "cancel": f"http://testserver/v1/predictions/{prediction['id']}/cancel",
+        "stream": f"http://testserver/v1/predictions/{prediction['id']}/stream",
     }
     fetched = client.get(f"/v1/predictions/{prediction['id']}", headers=auth).json()
     assert fetched == prediction
