@@ -16,7 +16,7 @@ class ModelCreate(RequestBody):
         description="Letters, digits, `.`, `_`, `-`; 1-100 characters. The model is "
         "`<your username>/<name>`.",
     )
-    description: str = Field(default="", max_length=2000)
+    description: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
 
 
 class VersionOut(ResponseBody):
