@@ -52,10 +52,13 @@ flower: $(STAMP) ## Run Flower on 127.0.0.1:5555 (FLOWER_BASIC_AUTH=user:passwor
 	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password"; exit 1; }
 	$(BIN)/celery -A workers.celery_app flower --address=127.0.0.1 --port=5555
 
-up: ## docker compose up with the API, workers and Flower (WORKERS=N)
+up: ## docker compose up: API, WORKERS=N CPU workers, Flower, Prometheus, Grafana
 	docker compose up --build --scale worker=$${WORKERS:-1}
+
+up-gpu: ## docker compose up with one worker per GPU (docker-compose.gpu.yml)
+	docker compose -f docker-compose.yml -f docker-compose.gpu.yml up --build
 
 clean: ## Remove the venv, caches and the embedded servers' data (.quern)
 	rm -rf $(VENV) .quern .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install run test bench lint fmt migrate api worker flower up clean
+.PHONY: help install run test bench lint fmt migrate api worker flower up up-gpu clean

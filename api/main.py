@@ -5,14 +5,16 @@ import logging
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.metrics import RequestMetrics
 from api.middleware import BodySizeLimit, request_id_middleware
 from api.routes import account, auth, health, models, predictions, tokens
 from api.settings import get_api_settings
+from db.log_format import configure_logging
 
 
 def create_app() -> FastAPI:
     settings = get_api_settings()  # refuses to start on bad settings (the default secret...)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(logging.INFO)  # JSON lines (QUERN_LOG_FORMAT), uvicorn's included
     app = FastAPI(
         title="Quern",
         version="0.1.0",
@@ -20,6 +22,7 @@ def create_app() -> FastAPI:
     )
     app.middleware("http")(request_id_middleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)  # outermost: it sees every answer, 413s included
     install_error_handlers(app)
     for module in (health, auth, account, tokens, models, predictions):
         app.include_router(module.router)

@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem
+from db import log_format
 
 
 async def request_id_middleware(
@@ -16,6 +17,9 @@ async def request_id_middleware(
     """Tag each request with an id (the client's X-Request-ID, or a new one) for logs and errors."""
     request_id = request.headers.get("x-request-id", "")[:64] or secrets.token_hex(8)
     request.state.request_id = request_id
+    # Not reset: each request runs in an asyncio task of its own, so in its own context, and
+    # uvicorn's access line (written as the response goes out, after this returns) keeps it.
+    log_format.request_id.set(request_id)
     response = await call_next(request)
     response.headers["X-Request-ID"] = request_id
     return response

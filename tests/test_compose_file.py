@@ -34,10 +34,11 @@ WORKER_DOCKERFILE = ROOT / "workers" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # What an operator must provide (no default may stand in for a secret), and what they may.
-REQUIRED_VARS = {"QUERN_JWT_SECRET", "FLOWER_PASSWORD"}
+REQUIRED_VARS = {"QUERN_JWT_SECRET", "FLOWER_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
 TEST_ENV = {
     "QUERN_JWT_SECRET": "compose-test-secret-0123456789abcdef0123456789",
     "FLOWER_PASSWORD": "compose-test-flower-password",
+    "GRAFANA_ADMIN_PASSWORD": "compose-test-grafana-password",
 }
 LOOPBACK = "127.0.0.1"
 
@@ -174,7 +175,8 @@ def test_secrets_have_no_default() -> None:
 
 
 def test_expected_services(services: dict[str, dict[str, Any]]) -> None:
-    assert {"postgres", "redis", "migrate", "api", "worker", "flower"} <= services.keys()
+    expected = {"postgres", "redis", "migrate", "api", "worker", "flower", "prometheus", "grafana"}
+    assert expected <= services.keys()
 
 
 def test_every_published_port_is_bound_to_loopback(services: dict[str, dict[str, Any]]) -> None:
@@ -183,9 +185,9 @@ def test_every_published_port_is_bound_to_loopback(services: dict[str, dict[str,
             assert host_ip == LOOPBACK, f"{name} publishes {published or 'a port'} on {host_ip}"
 
 
-def test_only_the_api_and_flower_are_published(services: dict[str, dict[str, Any]]) -> None:
+def test_only_the_api_and_the_ops_uis_are_published(services: dict[str, dict[str, Any]]) -> None:
     published = {name for name, service in services.items() if service.get("ports")}
-    assert published == {"api", "flower"}
+    assert published == {"api", "flower", "prometheus", "grafana"}
 
 
 def test_worker_can_scale(services: dict[str, dict[str, Any]]) -> None:
@@ -299,7 +301,7 @@ def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
         for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".git", ".venv", ".quern", ".env", "tests"} <= patterns
+    assert {".git", ".venv", ".quern", ".env", "tests", "ops"} <= patterns
     for needed in ("api", "db", "migrations", "models", "workers", "alembic.ini", "pyproject.toml"):
         assert needed not in patterns
 
@@ -338,4 +340,4 @@ def test_docker_compose_config_accepts_the_file() -> None:
         command, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert missing.returncode != 0
-    assert "QUERN_JWT_SECRET" in missing.stderr or "FLOWER_PASSWORD" in missing.stderr
+    assert any(name in missing.stderr for name in REQUIRED_VARS)

@@ -231,11 +231,16 @@ def prompts(n: int, tokens: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_redis_down_while_50_are_created_then_back_all_50_succeed(
+def test_redis_down_while_50_are_created_then_back_all_50_succeed_and_ready_says_so(
     stack: FaultStack, client: httpx.Client
 ) -> None:
     version = create_version(stack, "all-minilm-l6-v2", 32, 20)
+    wait_until(lambda: client.get("/ready").status_code == 200, 60, "the API to be ready")
     stack.stop_redis()
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+    assert ready.json()["checks"]["postgres"]["ok"]
+    assert not ready.json()["checks"]["redis"]["ok"]
     started = time.monotonic()
     ids = create_many(client, version, embeddings(50))
     assert time.monotonic() - started < 60  # each create fails over fast, never hangs
@@ -243,6 +248,7 @@ def test_redis_down_while_50_are_created_then_back_all_50_succeed(
     stack.start_redis()
     assert set(wait_terminal(stack, ids, 180).values()) == {"succeeded"}
     assert_history_clean(stack, ids)
+    wait_until(lambda: client.get("/ready").status_code == 200, 60, "the API to be ready again")
 
 
 def test_sigkill_mid_batch_of_20_all_succeed_after_a_new_worker_starts(

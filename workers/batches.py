@@ -12,12 +12,12 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from db import log_format
 from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope
@@ -36,7 +36,8 @@ PROCESSING = (PredictionStatus.PROCESSING,)
 # Failures that say something about the input or the version, not about Quern: shown as is.
 READABLE = (PredictionError, UnknownModelType, WeightsNotFound)
 
-_recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+# Its lines carry the ids of the batch that submitted the work.
+_recorder = log_format.ContextThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
 _batchers: dict[str, Batcher[str]] = {}
 _batchers_lock = threading.Lock()
 
@@ -105,7 +106,9 @@ def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str
             )
         transient = is_out_of_memory(exc)
         if not isinstance(exc, READABLE) and not transient:
-            log.exception("the model failed on its own input")
+            log.exception(
+                "the model failed on its own input", extra={"prediction_id": claims[0].id}
+            )
         elapsed = time.perf_counter() - started
         return [Outcome(error=describe(exc), transient=transient, predict_time=elapsed)]
     elapsed = time.perf_counter() - started
@@ -122,6 +125,12 @@ def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str
 
 
 def run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
+    """`_run_batch`, its log lines (and the recorder's) naming the batch's predictions."""
+    with log_format.predictions_context(list(dict.fromkeys(p.item for p in batch))):
+        _run_batch(version, batch)
+
+
+def _run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
     """Claim, predict with no database connection held, and hand the outcomes to the recorder."""
     settings = get_worker_settings()
     ids = list(dict.fromkeys(pending.item for pending in batch))  # a duplicate delivery
@@ -151,7 +160,8 @@ def run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
             notes.append(f"Loaded {version.model_type} model in {loaded.load_seconds:.2f}s")
         with runtime.compute_lock:
             outcomes = predict_isolating(loaded.predictor, claims, version.model_type)
-    future = _recorder.submit(record, claims, outcomes, notes)
+        metrics.observe_gpu_memory()
+    future = _recorder.submit(record, claims, outcomes, notes, runtime.model_ref(version.id))
 
     def resolve(_: object) -> None:
         running.remove(claims)
@@ -170,22 +180,31 @@ def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
     return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
 
 
-def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str]) -> None:
+def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str], model: str) -> None:
     """Write every outcome in one transaction. Only the attempt that claimed a prediction may
     record it, and a prediction canceled meanwhile keeps `canceled` (and gets its logs)."""
+    fates: list[str] = []
     with session_scope() as session:
         published: list[events.Event] = []
         for claim, outcome in zip(claims, outcomes, strict=True):
-            published += _record_one(session, claim, outcome, notes)
+            claim_events, fate = _record_one(session, claim, outcome, notes)
+            published += claim_events
+            fates += [fate] if fate else []
         # Still uncommitted: the API ends a prediction's event stream once it sees the final
         # status, so the stream must already hold everything by then.
         events.publish_many(published)
+    for fate in fates:  # counted once committed
+        if fate == "retried":
+            metrics.RETRIES.labels(model).inc()
+        else:
+            metrics.FINISHED.labels(model, fate).inc()
 
 
 def _record_one(
     session: Session, claim: Claim, outcome: Outcome, notes: list[str]
-) -> list[events.Event]:
-    """Write one outcome; return the events to publish for it."""
+) -> tuple[list[events.Event], str | None]:
+    """Write one outcome; return the events to publish for it, and its fate for the metrics
+    (a final status, `retried`, or None when nothing changed)."""
     settings = get_worker_settings()
     logs = list(notes)
     error = outcome.error
@@ -210,20 +229,20 @@ def _record_one(
     if stop == "canceled":
         logs.append("Canceled while running: stopped at the next step")
         predictions.add_logs(session, id=claim.id, logs=_lines(logs))
-        return [_logs_event(claim, logs)]
+        return [_logs_event(claim, logs)], None  # the API canceled (and counted) it
     if stop is not None:
         logs.append(f"Canceled: {stop}")
         predictions.update_status(
             session, **common, status=PredictionStatus.CANCELED, output=output, error=stop,
             append_logs=_lines(logs),
         )  # fmt: skip
-        return [_logs_event(claim, logs)]
+        return [_logs_event(claim, logs)], PredictionStatus.CANCELED
     if outcome.transient:
         if claim.attempts < settings.max_attempts:
             delay = retry_delay(claim.attempts, settings.retry_base_s, settings.retry_cap_s)
             logs.append(f"Attempt {claim.attempts} failed ({error}); retrying in {delay:.2f}s")
             predictions.retry_later(session, claim=claim, delay_s=delay, logs=_lines(logs))
-            return [_logs_event(claim, logs)]
+            return [_logs_event(claim, logs)], "retried"
         error = f"Gave up after {claim.attempts} attempts: {error}"
     values: dict[str, Any] = {"append_logs": _lines(logs)}
     if error is None:
@@ -239,10 +258,10 @@ def _record_one(
     status = PredictionStatus.FAILED if error else PredictionStatus.SUCCEEDED
     if not predictions.update_status(session, **common, status=status, **values):
         log.info("prediction %s was canceled or taken over; outcome discarded", claim.id)
-        return []
+        return [], None
     if error is None and not outcome.streamed:
-        return [(claim.id, "output", output), _logs_event(claim, logs)]
-    return [_logs_event(claim, logs)]
+        return [(claim.id, "output", output), _logs_event(claim, logs)], status
+    return [_logs_event(claim, logs)], status
 
 
 def _lines(lines: list[str]) -> str:

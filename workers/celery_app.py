@@ -4,11 +4,14 @@ Redis carries prediction ids only; PostgreSQL is the source of truth and results
 stored in Celery. Start with `celery -A workers.celery_app worker -Q predictions`.
 """
 
+import logging
+import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_ready
 
+from db import log_format
 from workers import kombu_fixes
 from workers.settings import get_worker_settings
 
@@ -59,6 +62,31 @@ app.conf.update(
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
 )
+
+
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Connected, this replaces Celery's own logging setup: our JSON (or text) lines, at the
+    level of `--loglevel`, for Celery's loggers too."""
+    log_format.configure_logging(loglevel or logging.INFO)
+
+
+# Per thread (a thread runs one task at a time; a redelivered task may share an id with one
+# still running elsewhere): what to restore when the task ends.
+_task_context = threading.local()
+
+
+@task_prerun.connect  # type: ignore[untyped-decorator]
+def _bind_task_ids(task_id: str, task: Any, args: Any = (), **_: Any) -> None:
+    """Celery's lines about a task (retry, failure, success) carry its id and prediction id."""
+    prediction_id = args[0] if task.name == RUN_PREDICTION_TASK and args else None
+    _task_context.tokens = log_format.bind(task_id=task_id, prediction_id=prediction_id)
+
+
+@task_postrun.connect  # type: ignore[untyped-decorator]
+def _unbind_task_ids(**_: Any) -> None:
+    log_format.unbind(getattr(_task_context, "tokens", []))
+    _task_context.tokens = []
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]

@@ -5,8 +5,9 @@ The threads pool runs every task in one process, so the default registry is the 
 """
 
 import logging
+import sys
 
-from prometheus_client import Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,31 @@ MODEL_LOAD_SECONDS = Histogram(
     ["model_type"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+
+
+FINISHED = Counter(
+    "quern_predictions_finished_total",
+    "Predictions a worker brought to a final status (succeeded, failed, canceled by deadline or "
+    "run timeout).",
+    ["model", "status"],
+)
+RETRIES = Counter(
+    "quern_prediction_retries_total",
+    "Attempts that failed transiently and will run again.",
+    ["model"],
+)
+GPU_MEMORY = Gauge(
+    "quern_gpu_memory_bytes", "GPU memory held by this process's tensors.", ["device"]
+)
+
+
+def observe_gpu_memory() -> None:
+    """After each batch, on a process that has used CUDA (never initialising it here)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return
+    for index in range(torch.cuda.device_count()):
+        GPU_MEMORY.labels(f"cuda:{index}").set(torch.cuda.memory_allocated(index))
 
 
 def serve(host: str, port: int) -> None:

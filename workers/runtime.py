@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from db.repositories import models
 from db.session import session_scope
 from db.tables import ModelVersion
 from models import registry, weights
@@ -25,6 +26,7 @@ class LoadedModel:
 
 
 _versions: dict[str, ModelVersion] = {}
+_refs: dict[str, str] = {}
 _loaded: dict[str, LoadedModel] = {}
 _lock = threading.Lock()
 # One forward pass at a time per process: two models computing at once would only fight
@@ -37,10 +39,18 @@ def get_version(version_id: str) -> ModelVersion:
     version = _versions.get(version_id)
     if version is None:
         with session_scope() as session:
-            version = session.get_one(ModelVersion, version_id)
+            found = models.get_version(session, id=version_id)
+            if found is None:
+                raise LookupError(f"no model version {version_id}")
+            version, _refs[version_id] = found
             session.expunge(version)
         _versions[version_id] = version
     return version
+
+
+def model_ref(version_id: str) -> str:
+    """`owner/name` of a version seen by get_version: the `model` label of the metrics."""
+    return _refs.get(version_id, "unknown")
 
 
 def get_predictor(version: ModelVersion) -> tuple[LoadedModel, bool]:

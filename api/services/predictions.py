@@ -9,6 +9,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+from api import metrics
 from api.deps import Transaction
 from api.errors import (
     BadRequest,
@@ -28,6 +29,7 @@ from api.schemas.predictions import (
 )
 from api.services.inputs import validate_input
 from api.settings import ApiSettings
+from db import log_format
 from db.ids import is_id
 from db.repositories import idempotency_keys, models, predictions
 from db.repositories.predictions import UNFINISHED, Cursor, PredictionWithModel
@@ -185,6 +187,8 @@ def create(
     prediction = predictions.create(
         tx.session, owner_id=user.id, version_id=version.id, input=validated, deadline=deadline
     )
+    # This thread-pool call runs in a copy of the request's context: the id stays with it.
+    log_format.prediction_id.set(prediction.id)
     if idempotency_key is not None:
         idempotency_keys.put(
             tx.session,
@@ -194,12 +198,17 @@ def create(
             prediction_id=prediction.id,
         )
     tx.after_commit.append(partial(_enqueue, prediction.id, version.id))
+    tx.after_commit.append(metrics.CREATED.labels(model_ref).inc)
     return to_out(PredictionWithModel(prediction, model_ref), base_url), False
 
 
 def _enqueue(prediction_id: str, version_id: str) -> None:
     """After commit. If Redis is down, say so in the row: the workers' sweeper sends it later."""
-    if not enqueue_prediction(prediction_id, version_id):
+    # Called from the transaction dependency's exit: another thread-pool call than create's.
+    log_format.prediction_id.set(prediction_id)
+    if enqueue_prediction(prediction_id, version_id):
+        log.info("prediction created and queued for version %s", version_id)
+    else:
         try:
             with session_scope() as session:
                 predictions.mark_not_enqueued(session, ids=[prediction_id])
@@ -208,6 +217,8 @@ def _enqueue(prediction_id: str, version_id: str) -> None:
 
 
 def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
+    if is_id(prediction_id):  # not any string a client sends
+        log_format.prediction_id.set(prediction_id)
     row = (
         predictions.get(tx.session, id=prediction_id, owner_id=_owner_scope(user))
         if is_id(prediction_id)
@@ -229,14 +240,19 @@ def cancel(tx: Transaction, user: User, prediction_id: str, base_url: str) -> Pr
     the model's next step (token); its logs are kept, its output is not recorded."""
     if not is_id(prediction_id):
         raise NotFound(f"No prediction {prediction_id!r}")
-    predictions.update_status(
+    log_format.prediction_id.set(prediction_id)
+    canceled = predictions.update_status(
         tx.session,
         id=prediction_id,
         owner_id=_owner_scope(user),
         from_statuses=UNFINISHED,
         status=PredictionStatus.CANCELED,
     )
-    return get(tx, user, prediction_id, base_url)
+    prediction = get(tx, user, prediction_id, base_url)
+    if canceled:
+        log.info("prediction canceled")
+        tx.after_commit.append(metrics.CANCELED.labels(prediction.model).inc)
+    return prediction
 
 
 def _encode_cursor(direction: str, row: PredictionWithModel) -> str:

@@ -139,6 +139,20 @@ def backlog(
     return Backlog(row[0], row[1])
 
 
+def queued_by_model(session: Session) -> builtins.list[tuple[str, int]]:
+    """(owner/name, queued predictions) for every model with any queued."""
+    rows = session.execute(
+        select(User.username, Model.name, func.count())
+        .select_from(Prediction)
+        .join(ModelVersion, Prediction.version_id == ModelVersion.id)
+        .join(Model, ModelVersion.model_id == Model.id)
+        .join(User, Model.owner_id == User.id)
+        .where(Prediction.status == PredictionStatus.STARTING)
+        .group_by(User.username, Model.name)
+    )
+    return [(f"{owner}/{name}", count) for owner, name, count in rows]
+
+
 def mark_not_enqueued(session: Session, *, ids: builtins.list[str]) -> None:
     """Publishing failed (Redis down): the sweeper will send these once it can."""
     session.execute(
