@@ -16,6 +16,7 @@ under `make run`): `timestamp level logger message [request_id=... prediction_id
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -154,6 +155,19 @@ def log_format() -> str:
     return chosen
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is emitted, not when the handler was made:
+    a test runner swaps stderr and closes its copy, and a late line must not hit a closed file."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure_logging(level: int | str = logging.INFO, fmt: str | None = None) -> None:
     """One handler on the root logger (stderr) in the chosen format; uvicorn's loggers
     (access log included) hand their lines to it. Calling it again replaces that handler and
@@ -161,7 +175,7 @@ def configure_logging(level: int | str = logging.INFO, fmt: str | None = None) -
     chosen = fmt or log_format()
     if chosen not in FORMATS:
         raise ValueError(f"the log format must be one of {', '.join(FORMATS)}, not {chosen!r}")
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.set_name(HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
     root = logging.getLogger()

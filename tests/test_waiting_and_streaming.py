@@ -39,7 +39,9 @@ def test_prefer_wait_returns_the_finished_prediction_in_one_request(live: LiveSt
 def test_prefer_wait_times_out_with_the_unfinished_prediction_and_location(
     live: LiveStack,
 ) -> None:
-    slow = {"model": LLM, "input": {"prompt": "Count to fifty.", "max_new_tokens": 200}}
+    # A batch window of 4 s keeps it queued past the 1 s wait, however fast the machine.
+    version = create_version(max_batch_size=32, max_batch_wait_ms=4000)
+    slow = {"version": version, "input": {"text": "not yet"}}
     response = live.client.post(
         "/v1/predictions", json=slow, headers={**live.headers, "Prefer": "wait=1"}, timeout=30
     )
