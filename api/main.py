@@ -20,9 +20,10 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Self-hosted inference jobs: create a prediction, poll it, get the output.",
     )
-    app.middleware("http")(request_id_middleware)
+    # The last added runs first: metrics see every answer, and a 413 carries its request id.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics)  # outermost: it sees every answer, 413s included
+    app.middleware("http")(request_id_middleware)
+    app.add_middleware(RequestMetrics)
     install_error_handlers(app)
     for module in (health, auth, account, tokens, models, predictions):
         app.include_router(module.router)

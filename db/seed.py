@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from db.log_format import configure_logging
 from db.repositories import models, users
 from db.session import session_scope
 from db.tables import Role
@@ -110,7 +111,7 @@ def seed(session: Session) -> list[str]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    configure_logging(logging.INFO)
     with session_scope() as session:
         added = seed(session)
     log.info("seeded: %s", ", ".join(added) if added else "nothing new")

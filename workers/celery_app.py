@@ -60,7 +60,6 @@ app.conf.update(
     # Events let Flower follow tasks.
     worker_send_task_events=True,
     task_send_sent_event=False,
-    worker_hijack_root_logger=False,
 )
 
 

@@ -251,7 +251,10 @@ def test_huge_string_gets_a_short_422(client: TestClient, auth) -> None:
 def test_oversized_body_is_413_and_writes_nothing(client: TestClient, auth) -> None:
     before = count_predictions()
     response = client.post(
-        "/v1/predictions", json={"model": EMBED, "input": {"text": "x" * 2_000_000}}, headers=auth
+        "/v1/predictions",
+        json={"model": EMBED, "input": {"text": "x" * 2_000_000}},
+        headers={**auth, "X-Request-ID": "too-big-1"},
     )
     assert_problem(response, 413)
+    assert response.headers["X-Request-ID"] == "too-big-1"
     assert count_predictions() == before
