@@ -2,10 +2,12 @@
 
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Predictor(Protocol):
@@ -50,12 +52,17 @@ _stop_check: ContextVar[StopCheck | None] = ContextVar("stop_check", default=Non
 
 
 @contextmanager
-def stop_check(check: StopCheck) -> Iterator[None]:
-    token = _stop_check.set(check)
+def _installed(var: ContextVar[T | None], value: T) -> Iterator[None]:
+    """`var` holds `value` inside the block (the worker's hooks for the batch it runs)."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _stop_check.reset(token)
+        var.reset(token)
+
+
+def stop_check(check: StopCheck) -> AbstractContextManager[None]:
+    return _installed(_stop_check, check)
 
 
 def stop_requested() -> list[bool] | None:
@@ -75,13 +82,8 @@ OutputSink = Callable[[Mapping[int, Any]], None]
 _output_sink: ContextVar[OutputSink | None] = ContextVar("output_sink", default=None)
 
 
-@contextmanager
-def output_sink(sink: OutputSink) -> Iterator[None]:
-    token = _output_sink.set(sink)
-    try:
-        yield
-    finally:
-        _output_sink.reset(token)
+def output_sink(sink: OutputSink) -> AbstractContextManager[None]:
+    return _installed(_output_sink, sink)
 
 
 def emit_outputs(chunks: Mapping[int, Any]) -> None:
@@ -90,8 +92,3 @@ def emit_outputs(chunks: Mapping[int, Any]) -> None:
     sink = _output_sink.get()
     if sink is not None and chunks:
         sink(chunks)
-
-
-def emit_output(index: int, chunk: Any) -> None:
-    """`emit_outputs` for one input."""
-    emit_outputs({index: chunk})

@@ -45,3 +45,11 @@ def test_api_and_workers_never_import_each_other() -> None:
         for path in Path(package).rglob("*.py"):
             text = path.read_text()
             assert f"from {forbidden}" not in text and f"import {forbidden}" not in text, path
+
+
+def test_api_and_workers_agree_on_the_event_stream_key() -> None:
+    """Each side names a prediction's Redis Stream itself (they never import each other)."""
+    from api.services.streams import events_key
+    from workers import events
+
+    assert events_key("abc") == events.key("abc") == "quern:events:abc"

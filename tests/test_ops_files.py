@@ -27,14 +27,13 @@ from tests.live import LiveStack
 from tests.processes import free_port, http_ok, start, stop, wait_for_prediction, wait_until
 from tests.test_compose_file import (
     COMPOSE_FILE,
-    REQUIRED_VARS,
     ROOT,
     SCHEMA_FILE,
     TEST_ENV,
-    _compose_cli,
     interpolate,
     published_ports,
     raw_compose,
+    run_compose,
 )
 
 GPU_COMPOSE_FILE = ROOT / "docker-compose.gpu.yml"
@@ -247,21 +246,7 @@ def test_gpu_override_runs_one_worker_per_gpu() -> None:
 
 
 def _run_compose_config(files: list[Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    cli = _compose_cli()
-    if cli is None:
-        pytest.skip("no Compose CLI here (docker compose / docker-compose)")
-    base = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in REQUIRED_VARS and not key.startswith("COMPOSE_")
-    }
-    command = [*cli, "--project-directory", str(ROOT)]
-    for file in files:
-        command += ["-f", str(file)]
-    command += ["config", "--format", "json"]
-    return subprocess.run(
-        command, env=base | env, capture_output=True, text=True, timeout=60, check=False
-    )
+    return run_compose(files, env, "config", "--format", "json")
 
 
 @pytest.mark.timeout(120)

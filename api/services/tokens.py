@@ -21,15 +21,15 @@ LATEST_EXPIRY = datetime(9999, 1, 1, tzinfo=UTC)
 def create(
     session: Session, user: User, body: TokenCreate, settings: ApiSettings
 ) -> ApiTokenCreated:
-    if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
-        raise Unprocessable(
-            "expires_at: must be in the future",
-            invalid_fields=[{"field": "expires_at", "message": "Must be in the future"}],
+    if body.expires_at is not None and not datetime.now(UTC) < body.expires_at < LATEST_EXPIRY:
+        reason = (
+            "Must be in the future"
+            if body.expires_at <= datetime.now(UTC)
+            else "Must be before 9999-01-01"
         )
-    if body.expires_at is not None and body.expires_at >= LATEST_EXPIRY:
         raise Unprocessable(
-            "expires_at: must be before 9999-01-01",
-            invalid_fields=[{"field": "expires_at", "message": "Must be before 9999-01-01"}],
+            f"expires_at: {reason.lower()}",
+            invalid_fields=[{"field": "expires_at", "message": reason}],
         )
     if api_tokens.count(session, user_id=user.id) >= settings.max_tokens_per_user:
         raise Conflict(

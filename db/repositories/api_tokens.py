@@ -1,7 +1,7 @@
 """API tokens: issue, list, revoke, and find the live one behind a hash."""
 
 import builtins
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -75,10 +75,7 @@ def find_live(session: Session, *, token_hash: str) -> tuple[ApiToken, User] | N
 
 def touch(session: Session, *, token: ApiToken, every: timedelta) -> None:
     """Record use, at most once per `every`: a write per request would cost more than it tells."""
-    if (
-        token.last_used_at is None
-        or token.last_used_at < datetime.now(token.created_at.tzinfo) - every
-    ):
+    if token.last_used_at is None or token.last_used_at < datetime.now(UTC) - every:
         session.execute(
             update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=func.now())
         )
