@@ -2,7 +2,8 @@
 
 The database server comes from QUERN_TEST_POSTGRES_URL (default: this machine's server);
 each run creates its own database and drops it at the end. In-process API tests publish to
-Redis database 14, where no worker listens; live-worker tests use database 15.
+Redis database 14, where no worker listens; live-worker tests use database 15. Two runs on one
+machine at once need other databases: QUERN_TEST_REDIS_DBS=12,13 (API, worker).
 """
 
 import os
@@ -18,8 +19,9 @@ SERVER_URL = os.environ.get(
     "QUERN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_BASE = os.environ.get("QUERN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-API_REDIS_URL = f"{REDIS_BASE}/14"
-WORKER_REDIS_URL = f"{REDIS_BASE}/15"
+_API_DB, _WORKER_DB = os.environ.get("QUERN_TEST_REDIS_DBS", "14,15").split(",")
+API_REDIS_URL = f"{REDIS_BASE}/{_API_DB}"
+WORKER_REDIS_URL = f"{REDIS_BASE}/{_WORKER_DB}"
 DATABASE_NAME = f"quern_test_{secrets.token_hex(4)}"
 DATABASE_URL = make_url(SERVER_URL).set(database=DATABASE_NAME).render_as_string(False)
 

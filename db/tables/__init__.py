@@ -1,6 +1,7 @@
 """Typed tables. Importing this package registers every table on Base.metadata."""
 
 from db.tables.api_token import ApiToken
+from db.tables.file import File
 from db.tables.idempotency_key import IdempotencyKey
 from db.tables.model import Model
 from db.tables.model_version import Hardware, ModelVersion
@@ -9,6 +10,7 @@ from db.tables.user import Role, User
 
 __all__ = [
     "ApiToken",
+    "File",
     "Hardware",
     "IdempotencyKey",
     "Model",

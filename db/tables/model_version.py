@@ -30,6 +30,8 @@ class ModelVersion(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     # A key of models.registry (text-generation, embeddings, ...).
     model_type: Mapped[str] = mapped_column(String(64))
+    # model_type "custom": the class to load, `package.module:ClassName`, importable on workers.
+    predictor: Mapped[str | None] = mapped_column(String(200))
     # package://<module>/<path>, file:///<path>: resolved by the worker, never by the API.
     weights: Mapped[str] = mapped_column(String(1024))
     input_schema: Mapped[dict[str, Any]]
