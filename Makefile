@@ -46,7 +46,7 @@ api: $(STAMP) ## Run only the API (DATABASE_URL, REDIS_URL, QUERN_JWT_SECRET fro
 	$(BIN)/uvicorn api.main:app --host 127.0.0.1 --port 8000
 
 worker: $(STAMP) ## Run only a worker (DATABASE_URL, REDIS_URL from the environment)
-	$(BIN)/celery -A workers.celery_app worker -Q predictions --loglevel INFO
+	$(BIN)/celery -A workers.celery_app worker -Q predictions.cpu --loglevel INFO
 
 flower: $(STAMP) ## Run Flower on 127.0.0.1:5555 (FLOWER_BASIC_AUTH=user:password required)
 	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password"; exit 1; }

@@ -11,7 +11,10 @@ log = logging.getLogger(__name__)
 
 # The contract with workers/celery_app.py (a test checks both sides agree).
 RUN_PREDICTION_TASK = "quern.predictions.run"
-PREDICTIONS_QUEUE = "predictions"
+
+
+def prediction_queue(hardware: str) -> str:
+    return f"predictions.{hardware}"
 
 
 @lru_cache
@@ -32,7 +35,7 @@ def get_client() -> Celery:
     return client
 
 
-def enqueue_prediction(prediction_id: str, version_id: str) -> bool:
+def enqueue_prediction(prediction_id: str, version_id: str, hardware: str) -> bool:
     """Publish after the row is committed; the version id lets the worker batch it unread.
 
     False when Redis is unreachable: the row stays `starting` and can be re-enqueued; the
@@ -41,7 +44,7 @@ def enqueue_prediction(prediction_id: str, version_id: str) -> bool:
         get_client().send_task(
             RUN_PREDICTION_TASK,
             args=[prediction_id, version_id],
-            queue=PREDICTIONS_QUEUE,
+            queue=prediction_queue(hardware),
             ignore_result=True,
         )
     except Exception:

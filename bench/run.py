@@ -189,7 +189,7 @@ class Stack:
 
     def start_worker(self) -> None:
         self.worker = start(
-            ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions",
+            ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions.cpu",
              "--loglevel", "WARNING", "-n", f"bench-{os.getpid()}@%h"],
             self.env, self.logs / "worker.log",
         )  # fmt: skip

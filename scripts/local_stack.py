@@ -128,7 +128,7 @@ def main() -> None:
     run_step(["-m", "alembic", "upgrade", "head"], env)
     run_step(["-m", "db.seed"], env)
     worker_cmd = ["-m", "celery", "-A", "workers.celery_app", "worker"]
-    worker_cmd += ["-Q", "predictions", "--loglevel", "INFO", "-n", f"local@{os.uname()[1]}"]
+    worker_cmd += ["-Q", "predictions.cpu", "--loglevel", "INFO", "-n", f"local@{os.uname()[1]}"]
     worker = subprocess.Popen([sys.executable, *worker_cmd], cwd=ROOT, env=env)
     api_cmd = ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(options.port)]
     api = subprocess.Popen([sys.executable, *api_cmd], cwd=ROOT, env=env)

@@ -33,7 +33,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     env = os.environ | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": WORKER_REDIS_URL}
     port = free_port()
     worker = start(
-        ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions",
+        ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions.cpu",
          "-n", f"test-{secrets.token_hex(3)}@%h", "--loglevel", "INFO"],
         env | {"QUERN_WORKER_METRICS_PORT": str(metrics_port)}, logs / "worker.log",
     )  # fmt: skip

@@ -22,13 +22,15 @@ def test_api_and_workers_agree_on_task_name_queue_and_visibility_timeout() -> No
 
     celery_app.app.loader.import_default_modules()  # what a worker does at start
     assert queue.RUN_PREDICTION_TASK == celery_app.RUN_PREDICTION_TASK
-    assert queue.PREDICTIONS_QUEUE == celery_app.PREDICTIONS_QUEUE
+    for hardware in ("cpu", "gpu"):
+        assert queue.prediction_queue(hardware) == celery_app.prediction_queue(hardware)
     assert queue.RUN_PREDICTION_TASK in celery_app.app.tasks
     task = celery_app.app.tasks[queue.RUN_PREDICTION_TASK]
     assert list(inspect.signature(task.run).parameters) == ["prediction_id", "version_id"]
     assert list(inspect.signature(queue.enqueue_prediction).parameters) == [
         "prediction_id",
         "version_id",
+        "hardware",
     ]
     worker_timeout = celery_app.app.conf.broker_transport_options["visibility_timeout"]
     api_timeout = queue.get_client().conf.broker_transport_options["visibility_timeout"]

@@ -290,7 +290,7 @@ def test_worker_image_installs_torch_variant_and_weights_without_deps() -> None:
     assert "HF_HUB_OFFLINE=1" in text
     assert "QUERN_MODEL_CACHE_DIR=/var/cache/quern/models" in text
     assert re.search(r"^USER (?!root\b|0\b)\S+", text, re.MULTILINE)
-    assert '"-P"' not in text and '"-Q", "predictions"' in text  # the pool is set in the app
+    assert '"-P"' not in text and '"-Q", "predictions.cpu"' in text  # the pool is set in the app
     # torch comes from the PyTorch index before anything could pull the default build.
     assert text.index("download.pytorch.org") < text.index("optional-dependencies")
 

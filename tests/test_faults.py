@@ -95,7 +95,7 @@ class FaultStack:
     def start_worker(self) -> subprocess.Popen[bytes]:
         n = len(self.workers)
         worker = start(
-            ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions",
+            ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions.cpu",
              "-n", f"fault{n}@%h", "--loglevel", "INFO"],
             self.env, self.state / f"worker{n}.log",
         )  # fmt: skip

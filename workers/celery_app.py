@@ -1,7 +1,8 @@
 """The Celery app of the workers: every setting here says why it is set.
 
 Redis carries prediction ids only; PostgreSQL is the source of truth and results are never
-stored in Celery. Start with `celery -A workers.celery_app worker -Q predictions`.
+stored in Celery. Start with `celery -A workers.celery_app worker -Q predictions.cpu` (or
+`predictions.gpu` on a GPU machine; `webhooks` for webhook deliveries).
 """
 
 import logging
@@ -16,7 +17,15 @@ from workers import kombu_fixes
 from workers.settings import get_worker_settings
 
 RUN_PREDICTION_TASK = "quern.predictions.run"
-PREDICTIONS_QUEUE = "predictions"
+# Webhook deliveries have their own queue (and workers), so slow receivers never hold model workers.
+WEBHOOKS_QUEUE = "webhooks"
+
+
+def prediction_queue(hardware: str) -> str:
+    """One queue per hardware class: a GPU worker takes only what needs a GPU, and a version is
+    never loaded on a machine that cannot run it."""
+    return f"predictions.{hardware}"
+
 
 settings = get_worker_settings()
 kombu_fixes.survive_broker_reconnects()
@@ -55,8 +64,8 @@ app.conf.update(
     result_backend=None,
     task_serializer="json",
     accept_content=["json"],
-    task_default_queue=PREDICTIONS_QUEUE,
-    task_routes={RUN_PREDICTION_TASK: {"queue": PREDICTIONS_QUEUE}},
+    # Predictions are routed by their version's hardware when sent (prediction_queue).
+    task_default_queue=prediction_queue("cpu"),
     # Events let Flower follow tasks.
     worker_send_task_events=True,
     task_send_sent_event=False,

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from db.repositories import idempotency_keys, predictions
 from db.session import session_scope
-from workers.celery_app import PREDICTIONS_QUEUE, RUN_PREDICTION_TASK, app
+from workers.celery_app import RUN_PREDICTION_TASK, app, prediction_queue
 from workers.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,15 @@ def sweep() -> int:
             "sweeper: %d lost with their worker, %d past their deadline", len(lost), len(aborted)
         )
     unsent = []
-    for prediction_id, version_id in due:
+    for item in due:
         try:
             app.send_task(
-                RUN_PREDICTION_TASK, args=[prediction_id, version_id], queue=PREDICTIONS_QUEUE
+                RUN_PREDICTION_TASK,
+                args=[item.id, item.version_id],
+                queue=prediction_queue(item.hardware),
             )
         except Exception:
-            unsent.append(prediction_id)
+            unsent.append(item.id)
     if unsent:
         log.warning("sweeper: could not publish %d predictions; will try again", len(unsent))
         with session_scope() as session:

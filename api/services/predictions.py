@@ -197,16 +197,16 @@ def create(
             request_hash=request_hash,
             prediction_id=prediction.id,
         )
-    tx.after_commit.append(partial(_enqueue, prediction.id, version.id))
+    tx.after_commit.append(partial(_enqueue, prediction.id, version.id, version.hardware))
     tx.after_commit.append(metrics.CREATED.labels(model_ref).inc)
     return to_out(PredictionWithModel(prediction, model_ref), base_url), False
 
 
-def _enqueue(prediction_id: str, version_id: str) -> None:
+def _enqueue(prediction_id: str, version_id: str, hardware: str) -> None:
     """After commit. If Redis is down, say so in the row: the workers' sweeper sends it later."""
     # Called from the transaction dependency's exit: another thread-pool call than create's.
     log_format.prediction_id.set(prediction_id)
-    if enqueue_prediction(prediction_id, version_id):
+    if enqueue_prediction(prediction_id, version_id, hardware):
         log.info("prediction created and queued for version %s", version_id)
     else:
         try:

@@ -277,12 +277,19 @@ def abort_expired(session: Session, *, ids: builtins.list[str] | None = None) ->
     )
 
 
-def take_due(
-    session: Session, *, requeue_after_s: float, limit: int
-) -> builtins.list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Due:
+    """A queued prediction to publish: where its message goes depends on the version."""
+
+    id: str
+    version_id: str
+    hardware: str
+
+
+def take_due(session: Session, *, requeue_after_s: float, limit: int) -> builtins.list[Due]:
     """Queued predictions that need a message now: none was sent (Redis was down, a retry is
     due) or the last one is so old it must be lost. Marks them enqueued; returns
-    (id, version_id) pairs to publish after commit. Safe with several sweepers (SKIP LOCKED)."""
+    them to publish after commit. Safe with several sweepers (SKIP LOCKED)."""
     due = (
         select(Prediction.id)
         .where(
@@ -298,13 +305,19 @@ def take_due(
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    rows = session.execute(
+    marked = (
         update(Prediction)
         .where(Prediction.id.in_(due))
         .values(enqueued_at=func.now())
         .returning(Prediction.id, Prediction.version_id)
+        .cte("marked")
     )
-    return [(row.id, row.version_id) for row in rows]
+    rows = session.execute(
+        select(marked.c.id, marked.c.version_id, ModelVersion.hardware).join(
+            ModelVersion, ModelVersion.id == marked.c.version_id
+        )
+    )
+    return [Due(row.id, row.version_id, row.hardware) for row in rows]
 
 
 def update_status(
