@@ -144,7 +144,7 @@ def machine_cpu() -> float:
 def bare_model(workload: Workload, weights_ref: str, model_type: str) -> list[Run]:
     from models import registry, weights
 
-    predictor = registry.create(model_type, weights.resolve(weights_ref))
+    predictor = registry.create(model_type, weights.resolve(weights_ref), "cpu")
     predictor.setup()
     predictor.predict_batch(workload.inputs[:2])  # warm-up
     runs = []
@@ -350,7 +350,7 @@ def discard_queued(redis_url: str) -> None:
 
     from db.session import session_scope
 
-    redis.Redis.from_url(redis_url).delete("predictions")
+    redis.Redis.from_url(redis_url).delete("predictions.cpu")
     with session_scope() as session:
         session.execute(text("UPDATE predictions SET status = 'canceled', completed_at = now() "
                              "WHERE status = 'starting'"))  # fmt: skip

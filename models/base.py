@@ -4,6 +4,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -12,27 +13,32 @@ T = TypeVar("T")
 
 class Predictor(Protocol):
     """A loaded model. `predict_batch` returns one output per input, in order; an input the
-    model refuses gets a `PredictionError` in its place, so it fails without its batch."""
+    model refuses gets a `PredictionError` in its place, so it fails without its batch.
+    An output may hold `FileOutput`s anywhere (alone, in lists or dicts): the worker stores
+    each one and puts its URL in its place."""
 
-    def __init__(self, weights: Path) -> None: ...
+    def __init__(self, weights: Path, device: str) -> None:
+        """`weights`: the version's files on this machine. `device`: "cuda" (the process's one
+        GPU: use fp16/bf16 there) or "cpu", chosen by the worker from the version's hardware."""
 
     def setup(self) -> None:
-        """Load weights and move them to the device. Called once per process."""
+        """Load weights onto the device. Called once per process (again after an eviction)."""
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
         """Run inputs that passed the version's input schema, in one pass where possible."""
         ...
 
 
+@dataclass(frozen=True)
+class FileOutput:
+    """A file a model made (an image): stored by Quern, served to the owner as a URL."""
+
+    data: bytes
+    content_type: str  # e.g. image/png
+
+
 class PredictionError(Exception):
     """The model refused or failed on an input: permanent; the prediction fails with this text."""
-
-
-def pick_device() -> str:
-    """CUDA when this process can see a GPU, else CPU. Touches CUDA only when called."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

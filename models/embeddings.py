@@ -6,22 +6,20 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from models.base import pick_device
-
 MAX_TOKENS = (
     256  # the model's max_seq_length; longer text is truncated, as sentence-transformers does
 )
 
 
 class EmbeddingsPredictor:
-    def __init__(self, weights: Path) -> None:
+    def __init__(self, weights: Path, device: str = "cpu") -> None:
         self.weights = weights
-        self.device = "cpu"
+        self.device = device
 
     def setup(self) -> None:
-        self.device = pick_device()
+        dtype = torch.float16 if self.device == "cuda" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(self.weights)
-        self.model = AutoModel.from_pretrained(self.weights).to(self.device).eval()
+        self.model = AutoModel.from_pretrained(self.weights, dtype=dtype).to(self.device).eval()
 
     @torch.inference_mode()
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:

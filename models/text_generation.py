@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from models.base import PredictionError, emit_outputs, pick_device, stop_requested
+from models.base import PredictionError, emit_outputs, stop_requested
 from models.weights import cache_dir
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,12 @@ def generation_key(item: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class TextGenerationPredictor:
-    def __init__(self, weights: Path) -> None:
+    def __init__(self, weights: Path, device: str = "cpu") -> None:
         self.weights = weights
-        self.device = "cpu"
+        self.device = device
 
     def setup(self) -> None:
         folder = converted_gguf(self.weights) if self.weights.suffix == ".gguf" else self.weights
-        self.device = pick_device()
         self.tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

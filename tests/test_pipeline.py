@@ -64,7 +64,7 @@ def test_a_duplicate_delivery_of_a_finished_prediction_changes_nothing(live: Liv
 
     broker = Celery(broker=WORKER_REDIS_URL, set_as_current=False)
     broker.send_task(
-        "quern.predictions.run", args=[created["id"], created["version"]], queue="predictions"
+        "quern.predictions.run", args=[created["id"], created["version"]], queue="predictions.cpu"
     )
     wait_until(
         lambda: f"prediction {created['id']} is not startable" in live.worker_log.read_text(),

@@ -29,7 +29,14 @@ MODEL_LOAD_SECONDS = Histogram(
     ["model_type"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
-
+MODEL_EVICTIONS = Counter(
+    "quern_model_evictions_total",
+    "Models dropped from a worker process's cache to stay within its memory budget.",
+    ["device"],
+)
+MODEL_MEMORY_BYTES = Gauge(
+    "quern_model_memory_bytes", "Bytes of model weights a worker process holds.", ["device"]
+)
 
 FINISHED = Counter(
     "quern_predictions_finished_total",

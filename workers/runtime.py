@@ -1,4 +1,4 @@
-"""Per-process state of a worker: the model versions it has seen and the models it has loaded.
+"""Per-process state of a worker: the model versions it has seen and the models it holds.
 
 Models load lazily in the process that predicts (never in a forking parent), behind a lock,
 so it works in the threads pool the workers use (where `worker_process_init` never fires).
@@ -7,28 +7,25 @@ so it works in the threads pool the workers use (where `worker_process_init` nev
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from db.repositories import models
 from db.session import session_scope
-from db.tables import ModelVersion
+from db.tables import Hardware, ModelVersion
 from models import registry, weights
-from models.base import Predictor
+from models.base import PredictionError
 from workers import metrics
+from workers.model_cache import CachedModel, ModelCache, default_budget_bytes, tensor_bytes
+from workers.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    predictor: Predictor
-    load_seconds: float
+class NoGpu(PredictionError):
+    """A `gpu` version reached a worker without CUDA (a misrouted message)."""
 
 
 _versions: dict[str, ModelVersion] = {}
 _refs: dict[str, str] = {}
-_loaded: dict[str, LoadedModel] = {}
-_lock = threading.Lock()
 # One forward pass at a time per process: two models computing at once would only fight
 # over the same cores (or GPU) and make both slower.
 compute_lock = threading.Lock()
@@ -53,18 +50,45 @@ def model_ref(version_id: str) -> str:
     return _refs.get(version_id, "unknown")
 
 
-def get_predictor(version: ModelVersion) -> tuple[LoadedModel, bool]:
+def device_for(hardware: str) -> str:
+    """Where a version runs: `gpu` versions on this process's CUDA device (one GPU per worker
+    process, chosen with CUDA_VISIBLE_DEVICES), everything else on the CPU. Touches CUDA only
+    here, in the process that runs the model."""
+    if hardware != Hardware.GPU:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise NoGpu("This version needs a GPU and this worker has none (CUDA is not available)")
+    return "cuda"
+
+
+def _budget_bytes(device: str) -> int:
+    configured = get_worker_settings().model_memory_mb
+    return configured * 2**20 if configured else default_budget_bytes(device)
+
+
+_cache = ModelCache(_budget_bytes)
+
+
+def get_predictor(version: ModelVersion) -> tuple[CachedModel, bool]:
     """The set-up predictor for `version`, and whether this call had to load it."""
-    with _lock:
-        if version.id in _loaded:
-            return _loaded[version.id], False
+    device = device_for(version.hardware)
+    key = (version.model_type, version.predictor, version.weights, device)
+
+    def load() -> CachedModel:
         started = time.perf_counter()
-        predictor = registry.create(version.model_type, weights.resolve(version.weights))
-        predictor.setup()
-        loaded = LoadedModel(predictor, time.perf_counter() - started)
-        _loaded[version.id] = loaded
-        metrics.MODEL_LOAD_SECONDS.labels(version.model_type).observe(loaded.load_seconds)
-        log.info(
-            "loaded %s version %s in %.2fs", version.model_type, version.id, loaded.load_seconds
+        predictor = registry.create(
+            version.model_type, weights.resolve(version.weights), device, version.predictor
         )
-        return loaded, True
+        predictor.setup()
+        seconds = time.perf_counter() - started
+        metrics.MODEL_LOAD_SECONDS.labels(version.model_type).observe(seconds)
+        size = tensor_bytes(predictor)
+        log.info(
+            "loaded %s version %s on %s in %.2fs (%.0f MB)",
+            version.model_type, version.id, device, seconds, size / 1e6,
+        )  # fmt: skip
+        return CachedModel(predictor, seconds, size, device)
+
+    return _cache.get(key, load)

@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,9 +34,23 @@ class WorkerSettings(BaseSettings):
     # A queued prediction whose message is older than this is assumed lost and sent again
     # (a duplicate is harmless: the claim is conditional).
     requeue_after_s: float = Field(default=900.0, gt=0)
+    # Memory for the models one process holds, per device (CPU RAM, or the GPU's memory); past
+    # it the least recently used model is dropped. 0: half the RAM, or 80% of the GPU.
+    model_memory_mb: int = Field(default=0, ge=0)
     # Prometheus metrics of this process on http://<metrics_host>:<metrics_port>/metrics; 0: off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # Where clients reach the API: file outputs become {public_url}/v1/files/{id}.
+    public_url: str = Field(
+        default="http://127.0.0.1:8000", validation_alias=AliasChoices("QUERN_PUBLIC_URL")
+    )
+    # Files one prediction may store (they live in PostgreSQL): more fails the prediction.
+    max_output_file_bytes: int = Field(default=20 * 1024 * 1024, ge=0)
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
 
 @lru_cache

@@ -1,11 +1,13 @@
 """The model registry as clients see it. Weights references stay on the server."""
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from jsonschema import Draft202012Validator, SchemaError
+from pydantic import Field, field_validator, model_validator
 
 from api.schemas.base import RequestBody, ResponseBody
+from models.registry import CLASS_PATH_PATTERN, CUSTOM, MODEL_TYPES
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
 
@@ -19,9 +21,66 @@ class ModelCreate(RequestBody):
     description: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
 
 
+ModelType = Literal[tuple([*MODEL_TYPES, CUSTOM])]  # type: ignore[valid-type]
+
+
+class VersionCreate(RequestBody):
+    model_type: ModelType = Field(  # type: ignore[valid-type]
+        description="A built-in type, or `custom` with `predictor` naming your class."
+    )
+    predictor: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=CLASS_PATH_PATTERN,
+        description="For `custom`: `package.module:ClassName`, importable on the workers, "
+        "implementing `setup()` and `predict_batch(inputs)` (models/base.py).",
+    )
+    weights: str = Field(
+        max_length=1024,
+        pattern=r"^(package|file|generated)://[^\x00\s]+$",
+        description="`package://<module>/<path>` inside an installed package, `file:///<path>` "
+        "on the workers, or `generated://tiny-stable-diffusion`. Never downloaded.",
+    )
+    input_schema: dict[str, Any] = Field(
+        description="JSON Schema (2020-12) of the input object: types, defaults, minimum/"
+        "maximum, enum, required, additionalProperties."
+    )
+    hardware: Literal["cpu", "gpu"] = "cpu"
+    max_batch_size: int = Field(default=1, ge=1, le=256)
+    max_batch_wait_ms: int = Field(default=5, ge=0, le=60_000)
+    run_timeout_s: int = Field(default=300, ge=1, le=3600)
+
+    @field_validator("input_schema")
+    @classmethod
+    def valid_object_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            where = "/".join(str(part) for part in exc.absolute_path) or "the top level"
+            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message[:200]}") from None
+        if schema.get("type") != "object":
+            raise ValueError('must describe an object: "type": "object"')
+        properties = schema.get("properties", {})
+        for name, prop in properties.items():
+            if isinstance(prop, dict) and "default" in prop:
+                errors = list(Draft202012Validator(prop).iter_errors(prop["default"]))
+                if errors:
+                    raise ValueError(
+                        f"the default of {name!r} is invalid: {errors[0].message[:200]}"
+                    )
+        return schema
+
+    @model_validator(mode="after")
+    def predictor_iff_custom(self) -> "VersionCreate":
+        if (self.model_type == CUSTOM) != (self.predictor is not None):
+            raise ValueError("give `predictor` for model_type custom, and only then")
+        return self
+
+
 class VersionOut(ResponseBody):
     id: str
     model_type: str
+    predictor: str | None
     input_schema: dict[str, Any]
     hardware: str
     max_batch_size: int
@@ -35,6 +94,12 @@ class ModelOut(ResponseBody):
     name: str
     description: str
     latest_version: VersionOut | None
+
+
+class VersionPage(ResponseBody):
+    next: str | None
+    previous: str | None
+    results: list[VersionOut]
 
 
 class ModelPage(ResponseBody):

@@ -1,10 +1,18 @@
-"""Reading the model registry."""
+"""The model registry: models and their immutable versions."""
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
-from api.schemas.models import ModelCreate, ModelOut, ModelPage, VersionOut
+from api.schemas.models import (
+    ModelCreate,
+    ModelOut,
+    ModelPage,
+    VersionCreate,
+    VersionOut,
+    VersionPage,
+)
+from db.ids import is_id
 from db.repositories import models
 from db.repositories.models import ModelWithOwner
 from db.tables import User
@@ -26,11 +34,15 @@ def list_models(session: Session) -> ModelPage:
     )
 
 
-def get_model(session: Session, owner: str, name: str) -> ModelOut:
+def _find(session: Session, owner: str, name: str) -> ModelWithOwner:
     row = models.get(session, owner=owner, name=name)
     if row is None:
         raise NotFound(f"No model {owner}/{name}")
-    return to_out(row)
+    return row
+
+
+def get_model(session: Session, owner: str, name: str) -> ModelOut:
+    return to_out(_find(session, owner, name))
 
 
 def create_model(session: Session, owner: User, body: ModelCreate) -> ModelOut:
@@ -46,3 +58,28 @@ def create_model(session: Session, owner: User, body: ModelCreate) -> ModelOut:
     except IntegrityError:  # created concurrently
         raise Conflict(f"Model {ref} exists already") from None
     return to_out(ModelWithOwner(model, owner.username, None))
+
+
+def create_version(session: Session, owner: str, name: str, body: VersionCreate) -> VersionOut:
+    """The model's new latest version. Workers read it by id when its first prediction
+    arrives, so it is served without restarting them."""
+    row = _find(session, owner, name)
+    version = models.create_version(session, model_id=row.model.id, **body.model_dump())
+    session.refresh(version)  # created_at from the server
+    return VersionOut.model_validate(version)
+
+
+def list_versions(session: Session, owner: str, name: str) -> VersionPage:
+    row = _find(session, owner, name)
+    versions = models.list_versions(session, model_id=row.model.id)
+    return VersionPage(
+        next=None, previous=None, results=[VersionOut.model_validate(v) for v in versions]
+    )
+
+
+def get_version(session: Session, owner: str, name: str, version_id: str) -> VersionOut:
+    row = _find(session, owner, name)
+    found = models.get_version(session, id=version_id) if is_id(version_id) else None
+    if found is None or found[0].model_id != row.model.id:
+        raise NotFound(f"No version {version_id} of {owner}/{name}")
+    return VersionOut.model_validate(found[0])

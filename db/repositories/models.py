@@ -71,6 +71,17 @@ def get_version(session: Session, *, id: str) -> tuple[ModelVersion, str] | None
     return version, f"{owner}/{name}"
 
 
+def list_versions(session: Session, *, model_id: str) -> builtins.list[ModelVersion]:
+    """Newest first."""
+    return builtins.list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.model_id == model_id)
+            .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+        )
+    )
+
+
 def create(session: Session, *, owner_id: str, name: str, description: str = "") -> Model:
     model = Model(owner_id=owner_id, name=name, description=description)
     session.add(model)
@@ -89,8 +100,10 @@ def create_version(
     max_batch_size: int,
     max_batch_wait_ms: int,
     run_timeout_s: int,
+    predictor: str | None = None,
 ) -> ModelVersion:
     version = ModelVersion(
+        predictor=predictor,
         model_id=model_id,
         model_type=model_type,
         weights=weights,
@@ -119,6 +132,7 @@ def copy_version(
         session,
         model_id=model_id,
         model_type=base.model_type,
+        predictor=base.predictor,
         weights=base.weights,
         input_schema=base.input_schema,
         hardware=base.hardware,

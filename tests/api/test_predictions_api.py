@@ -55,9 +55,9 @@ def test_defaults_from_the_schema_are_stored(client: TestClient, auth) -> None:
 
 def test_create_enqueues_only_the_ids_after_commit(client: TestClient, auth) -> None:
     broker = redis.Redis.from_url(API_REDIS_URL)
-    broker.delete("predictions")
+    broker.delete("predictions.cpu")
     prediction = create(client, auth, model=EMBED, input={"text": "queued"})
-    messages = [json.loads(raw) for raw in broker.lrange("predictions", 0, -1)]
+    messages = [json.loads(raw) for raw in broker.lrange("predictions.cpu", 0, -1)]
     assert len(messages) == 1
     assert messages[0]["headers"]["task"] == "quern.predictions.run"
     args = json.loads(base64.b64decode(messages[0]["body"]))[0]

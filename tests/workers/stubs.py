@@ -9,12 +9,13 @@ from db.repositories import predictions
 from db.session import session_scope
 from db.tables import Prediction
 from workers import batches, runtime
+from workers.model_cache import CachedModel
 
 
 class Recording:
     """Embeds each text as [len(text)] and remembers the size of every batch it saw."""
 
-    def __init__(self, weights: Path) -> None:
+    def __init__(self, weights: Path, device: str = "cpu") -> None:
         self.batches: list[list[str]] = []
 
     def setup(self) -> None: ...
@@ -30,7 +31,7 @@ class Recording:
 
 def use(monkeypatch: pytest.MonkeyPatch, predictor_class: type[Recording]) -> Recording:
     predictor = predictor_class(Path("."))
-    loaded = runtime.LoadedModel(predictor, 0.0)
+    loaded = CachedModel(predictor, 0.0, 0, "cpu")
     monkeypatch.setattr(runtime, "get_predictor", lambda version: (loaded, False))
     return predictor
 

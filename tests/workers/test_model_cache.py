@@ -1,0 +1,97 @@
+"""The per-process model cache: least recently used out, within the device's budget."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from db.repositories import models
+from db.seed import SYSTEM_USER
+from db.session import session_scope
+from db.tables import ModelVersion
+from tests.custom_predictors import Sized
+from tests.helpers import new_username
+from workers import runtime
+from workers.model_cache import CachedModel, ModelCache, tensor_bytes
+from workers.settings import get_worker_settings
+
+
+def fake(size: int, device: str = "cpu") -> CachedModel:
+    return CachedModel(object(), 0.0, size, device)
+
+
+def test_the_least_recently_used_model_goes_when_the_budget_is_exceeded() -> None:
+    cache = ModelCache(lambda device: 100)
+    loads: list[str] = []
+
+    def get(key: str, size: int) -> bool:
+        return cache.get(key, lambda: loads.append(key) or fake(size))[1]
+
+    assert get("a", 40) and get("b", 40)
+    assert not get("a", 40)  # a is now the most recently used
+    assert get("c", 40)  # 120 > 100: b goes, not a
+    assert cache.keys() == ["a", "c"]
+    assert get("b", 40)  # loaded again; a is the least recently used now
+    assert cache.keys() == ["c", "b"] and loads == ["a", "b", "c", "b"]
+
+
+def test_a_model_bigger_than_the_budget_is_still_served_alone() -> None:
+    cache = ModelCache(lambda device: 100)
+    cache.get("small", lambda: fake(10))
+    cache.get("huge", lambda: fake(500))
+    assert cache.keys() == ["huge"]
+
+
+def test_each_device_has_its_own_budget() -> None:
+    cache = ModelCache(lambda device: 100)
+    cache.get("cpu", lambda: fake(90, "cpu"))
+    cache.get("gpu", lambda: fake(90, "cuda"))
+    assert cache.keys() == ["cpu", "gpu"]
+
+
+def test_tensor_bytes_counts_parameters_and_buffers_once() -> None:
+    class Holder:
+        def __init__(self) -> None:
+            self.model = torch.nn.BatchNorm1d(10)  # 20 parameters, 21 buffer elements
+            self.alias = self.model
+
+    assert tensor_bytes(Holder()) == 20 * 4 + 20 * 4 + 8
+    assert tensor_bytes(Sized(Path("."), "cpu")) == 400 * 2**20
+
+
+def version_of(predictor: str, weights: str) -> ModelVersion:
+    with session_scope() as session:
+        owner = models.get(session, owner=SYSTEM_USER, name="all-minilm-l6-v2")
+        assert owner is not None
+        model = models.create(session, owner_id=owner.model.owner_id, name=new_username())
+        version = models.create_version(
+            session, model_id=model.id, model_type="custom", predictor=predictor,
+            weights=weights, input_schema={"type": "object"}, hardware="cpu",
+            max_batch_size=1, max_batch_wait_ms=0, run_timeout_s=10,
+        )  # fmt: skip
+        session.expunge(version)
+    return version
+
+
+def test_the_worker_runtime_evicts_within_its_configured_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three 400 MB models under a 1000 MB budget: the third load drops the first."""
+    monkeypatch.setattr(get_worker_settings(), "model_memory_mb", 1000)
+    first, second, third = (
+        version_of("tests.custom_predictors:Sized", f"package://tests/{folder}")
+        for folder in ("workers", "api", "db")
+    )
+    assert runtime.get_predictor(first)[1] and runtime.get_predictor(second)[1]
+    assert not runtime.get_predictor(first)[1]  # cached, and now the most recently used
+    assert runtime.get_predictor(third)[1]
+    assert not runtime.get_predictor(first)[1]
+    assert runtime.get_predictor(second)[1]  # it was evicted: loaded again
+
+
+def test_versions_that_differ_only_in_batching_share_one_loaded_model() -> None:
+    one = version_of("tests.custom_predictors:Reverse", "package://tests")
+    two = version_of("tests.custom_predictors:Reverse", "package://tests")
+    loaded, _ = runtime.get_predictor(one)
+    again, just_loaded = runtime.get_predictor(two)
+    assert again is loaded and not just_loaded

@@ -1,0 +1,125 @@
+"""The models one worker process holds: least recently used first out, within a memory budget.
+
+A model is keyed by what it loads (type, class, weights, device), not by version, so versions
+that differ only in batching limits share one copy. Sizes are measured after loading (the
+parameters and buffers of the torch modules a predictor holds, or its own `memory_bytes()`);
+when the total exceeds the device's budget, the least recently used other models are dropped.
+A batch still running on a dropped model keeps it alive until it ends.
+"""
+
+import gc
+import logging
+import os
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from workers import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    predictor: Any
+    load_seconds: float
+    size_bytes: int
+    device: str
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of parameters and buffers of the torch modules `obj` holds (diffusers pipelines
+    through their components); a predictor may say it better with `memory_bytes()`."""
+    own = getattr(obj, "memory_bytes", None)
+    if callable(own):
+        return int(own())
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 0
+    seen: set[int] = set()
+    total = 0
+    values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    for value in values:
+        components = getattr(value, "components", None)
+        modules = list(components.values()) if isinstance(components, dict) else [value]
+        for module in modules:
+            if not isinstance(module, torch.nn.Module):
+                continue
+            for tensor in [*module.parameters(), *module.buffers()]:
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def default_budget_bytes(device: str) -> int:
+    """Half the machine's memory on CPU; 80% of the GPU's memory on CUDA."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info()[1] * 0.8)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+class ModelCache:
+    def __init__(self, budget_bytes: Callable[[str], int]) -> None:
+        self._budget_bytes = budget_bytes
+        self._models: OrderedDict[Hashable, CachedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], CachedModel]) -> tuple[CachedModel, bool]:
+        """The model under `key`, loading it if absent; True when this call loaded it.
+        Loads one at a time: two loads at once would need both in memory before either fits."""
+        with self._lock:
+            cached = self._models.get(key)
+            if cached is not None:
+                self._models.move_to_end(key)
+                return cached, False
+            cached = load()
+            self._models[key] = cached
+            self._evict_beyond_budget(cached.device, keep=key)
+            self._observe()
+            return cached, True
+
+    def keys(self) -> list[Hashable]:
+        """Least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+    def _evict_beyond_budget(self, device: str, keep: Hashable) -> None:
+        budget = self._budget_bytes(device)
+        on_device = [key for key, model in self._models.items() if model.device == device]
+        total = sum(self._models[key].size_bytes for key in on_device)
+        evicted = False
+        for key in on_device:  # least recently used first
+            if total <= budget:
+                break
+            if key == keep:
+                continue
+            dropped = self._models.pop(key)
+            total -= dropped.size_bytes
+            evicted = True
+            metrics.MODEL_EVICTIONS.labels(device).inc()
+            log.info(
+                "evicted %s (%.0f MB) from %s: %.0f MB held, budget %.0f MB",
+                key, dropped.size_bytes / 1e6, device, total / 1e6, budget / 1e6,
+            )  # fmt: skip
+        if total > budget:
+            log.warning(
+                "%s holds %.0f MB, over its budget of %.0f MB", device, total / 1e6, budget / 1e6
+            )
+        if evicted:
+            gc.collect()
+            torch = sys.modules.get("torch")
+            if device.startswith("cuda") and torch is not None:
+                torch.cuda.empty_cache()
+
+    def _observe(self) -> None:
+        held: dict[str, int] = {}
+        for model in self._models.values():
+            held[model.device] = held.get(model.device, 0) + model.size_bytes
+        for device, size in held.items():
+            metrics.MODEL_MEMORY_BYTES.labels(device).set(size)
