@@ -4,11 +4,27 @@ import inspect
 import subprocess
 import sys
 
+HEAVY = "{'torch', 'transformers', 'diffusers'}"
+
 
 def test_importing_the_api_does_not_import_torch() -> None:
     code = (
         "import sys, api.main\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'transformers'})\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY})\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_worker_starts_without_torch_so_cuda_is_touched_only_where_models_run() -> None:
+    """Models load lazily in the task threads of the process that runs them: nothing at start
+    (or in a parent that could fork) imports torch, let alone initialises CUDA."""
+    code = (
+        "import sys, workers.celery_app\n"
+        "workers.celery_app.app.loader.import_default_modules()\n"
+        "import workers.batches, workers.runtime, workers.sweeper, workers.running\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY})\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
