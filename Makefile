@@ -48,6 +48,9 @@ api: $(STAMP) ## Run only the API (DATABASE_URL, REDIS_URL, QUERN_JWT_SECRET fro
 worker: $(STAMP) ## Run only a worker (DATABASE_URL, REDIS_URL from the environment)
 	$(BIN)/celery -A workers.celery_app worker -Q predictions.cpu --loglevel INFO
 
+webhooks: $(STAMP) ## Run only a webhooks worker: delivers webhooks, loads no model
+	$(BIN)/celery -A workers.celery_app worker -Q webhooks --loglevel INFO
+
 flower: $(STAMP) ## Run Flower on 127.0.0.1:5555 (FLOWER_BASIC_AUTH=user:password required)
 	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password"; exit 1; }
 	$(BIN)/celery -A workers.celery_app flower --address=127.0.0.1 --port=5555
@@ -61,4 +64,4 @@ up-gpu: ## docker compose up with one worker per GPU (docker-compose.gpu.yml)
 clean: ## Remove the venv, caches and the embedded servers' data (.quern)
 	rm -rf $(VENV) .quern .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install run test bench lint fmt migrate api worker flower up up-gpu clean
+.PHONY: help install run test bench lint fmt migrate api worker webhooks flower up up-gpu clean

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.metrics import RequestMetrics
 from api.middleware import BodySizeLimit, request_id_middleware
-from api.routes import account, auth, health, models, predictions, tokens
+from api.routes import account, auth, files, health, models, predictions, tokens, webhooks
 from api.settings import get_api_settings
 from db.log_format import configure_logging
 
@@ -25,7 +25,7 @@ def create_app() -> FastAPI:
     app.middleware("http")(request_id_middleware)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
-    for module in (health, auth, account, tokens, models, predictions):
+    for module in (health, auth, account, tokens, models, predictions, files, webhooks):
         app.include_router(module.router)
     return app
 

@@ -80,6 +80,53 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
             },
         },
     },
+    {
+        "name": "tiny-stable-diffusion",
+        "description": "A tiny Stable Diffusion pipeline with random weights, built locally (no "
+        "weights are downloaded): it outputs noise, as PNG files. It exercises the real "
+        "text-to-image path, not the art.",
+        "version": {
+            "model_type": "text-to-image",
+            "weights": "generated://tiny-stable-diffusion",
+            "hardware": "cpu",
+            "max_batch_size": 4,
+            "max_batch_wait_ms": 50,  # a 64x64 image takes about 0.1 s
+            "run_timeout_s": 300,
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string", "minLength": 1, "maxLength": 2000},
+                    "negative_prompt": {"type": "string", "maxLength": 2000, "default": ""},
+                    **{
+                        side: {
+                            "type": "integer",
+                            "minimum": 64,
+                            "maximum": 256,
+                            "multipleOf": 8,
+                            "default": 64,
+                        }
+                        for side in ("width", "height")
+                    },
+                    "num_inference_steps": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 50,
+                        "default": 4,
+                    },
+                    "guidance_scale": {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": 20,
+                        "default": 7.5,
+                    },
+                    "num_outputs": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                },
+                "required": ["prompt"],
+                "additionalProperties": False,
+            },
+        },
+    },
 ]
 
 

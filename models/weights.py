@@ -1,7 +1,8 @@
 """Weights references: where a version's files are, resolved on the worker only.
 
 `package://<module>/<path>` points inside an installed Python package (how the bundled
-models ship), `file:///<path>` at a local file or folder. Nothing is ever downloaded.
+models ship), `file:///<path>` at a local file or folder, `generated://tiny-stable-diffusion` at
+a small random pipeline built on first use (models/tiny_diffusion.py). Nothing is ever downloaded.
 """
 
 import importlib.util
@@ -23,8 +24,14 @@ def resolve(ref: str) -> Path:
         path = Path(next(iter(spec.submodule_search_locations))) / parsed.path.lstrip("/")
     elif parsed.scheme == "file":
         path = Path(parsed.path)
+    elif ref == "generated://tiny-stable-diffusion":
+        from models import tiny_diffusion  # imports torch: only workers resolve weights
+
+        path = tiny_diffusion.build(cache_dir() / f"tiny-stable-diffusion-{tiny_diffusion.VERSION}")
     else:
-        raise WeightsNotFound(f"unsupported weights reference {ref!r}: use package:// or file://")
+        raise WeightsNotFound(
+            f"unsupported weights reference {ref!r}: use package://, file:// or generated://"
+        )
     if not path.exists():
         raise WeightsNotFound(f"{ref} resolves to {path}, which does not exist")
     return path

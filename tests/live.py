@@ -1,5 +1,6 @@
-"""A live stack for the slow tests: a uvicorn API and a Celery worker process, shared by every
-test module that asks for `live` (starting a worker and loading models takes seconds)."""
+"""A live stack for the slow tests: a uvicorn API, a Celery worker process and a webhooks
+worker process, shared by every test module that asks for `live` (starting a worker and loading
+models takes seconds)."""
 
 import os
 import secrets
@@ -23,15 +24,32 @@ class LiveStack:
     worker_log: Path
     worker_metrics: str
     api_pid: int
+    webhooks_log: Path
+    webhooks_metrics: str
 
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """A uvicorn API and a separate Celery worker process on the run's database and Redis."""
+    """A uvicorn API, a Celery worker process and a webhooks worker process on the run's
+    database and Redis. Webhooks may go to loopback (the tests' receivers) and retry fast."""
     logs = tmp_path_factory.mktemp("live")
-    metrics_port = free_port()
-    env = os.environ | {"DATABASE_URL": DATABASE_URL, "REDIS_URL": WORKER_REDIS_URL}
+    metrics_port, webhooks_metrics_port = free_port(), free_port()
     port = free_port()
+    env = os.environ | {
+        "DATABASE_URL": DATABASE_URL,
+        "REDIS_URL": WORKER_REDIS_URL,
+        "QUERN_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "QUERN_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "QUERN_WORKER_WEBHOOK_RETRY_BASE_S": "0.4",
+        "QUERN_WORKER_WEBHOOK_TIMEOUT_S": "3",
+        "QUERN_WORKER_WEBHOOK_LEASE_S": "5",
+        "QUERN_WORKER_WEBHOOK_DISPATCH_INTERVAL_S": "0.5",
+    }
+    webhooks = start(
+        ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "webhooks",
+         "-n", f"test-webhooks-{secrets.token_hex(3)}@%h", "--loglevel", "INFO"],
+        env | {"QUERN_WORKER_METRICS_PORT": str(webhooks_metrics_port)}, logs / "webhooks.log",
+    )  # fmt: skip
     worker = start(
         ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions.cpu",
          "-n", f"test-{secrets.token_hex(3)}@%h", "--loglevel", "INFO"],
@@ -53,7 +71,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
                 logs / "worker.log",
                 f"http://127.0.0.1:{metrics_port}/metrics",
                 api.pid,
+                logs / "webhooks.log",
+                f"http://127.0.0.1:{webhooks_metrics_port}/metrics",
             )
     finally:
         stop(api)
         stop(worker)
+        stop(webhooks)

@@ -71,3 +71,18 @@ def test_api_and_workers_agree_on_the_event_stream_key() -> None:
     from workers import events
 
     assert events_key("abc") == events.key("abc") == "quern:events:abc"
+
+
+def test_a_webhooks_worker_never_imports_torch() -> None:
+    """It runs the workers' Celery app (every task module) but only delivers webhooks."""
+    code = (
+        "import sys\n"
+        "from workers import celery_app\n"
+        "celery_app.app.loader.import_default_modules()\n"
+        "from workers.webhooks import delivery, dispatcher\n"
+        "heavy = {'torch', 'transformers', 'diffusers'}\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -24,6 +24,7 @@ from db.ids import new_id
 from scripts.local_stack import start_postgres, start_redis
 from tests.helpers import register_and_login
 from tests.processes import ROOT, free_port, http_ok, start, stop, wait_until
+from tests.webhook_receiver import Answer, receiving
 
 pytestmark = pytest.mark.slow
 
@@ -92,10 +93,10 @@ class FaultStack:
 
         PostgresServer._instances[(self.state / "pgdata").resolve()].ensure_postgres_running()
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, queue: str = "predictions.cpu") -> subprocess.Popen[bytes]:
         n = len(self.workers)
         worker = start(
-            ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "predictions.cpu",
+            ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queue,
              "-n", f"fault{n}@%h", "--loglevel", "INFO"],
             self.env, self.state / f"worker{n}.log",
         )  # fmt: skip
@@ -117,6 +118,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         QUERN_WORKER_SWEEP_INTERVAL_S="0.5",
         QUERN_WORKER_RETRY_BASE_S="0.5",
         QUERN_WORKER_RETRY_CAP_S="2",
+        # Webhooks to the tests' receiver on loopback; a delivery's lease lapses 3 s after its
+        # worker dies, and the dispatcher looks for lapsed leases twice a second.
+        QUERN_WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32",
+        QUERN_WORKER_WEBHOOK_TIMEOUT_S="2",
+        QUERN_WORKER_WEBHOOK_LEASE_S="3",
+        QUERN_WORKER_WEBHOOK_DISPATCH_INTERVAL_S="0.5",
     )
     faults = FaultStack(state, env, free_port())
     faults.start_redis()
@@ -324,3 +331,37 @@ def test_cancel_during_generation_stops_it_and_keeps_its_logs(
     wait_until(stopped, 30, "the worker to stop the generation")
     assert time.monotonic() - canceled_at < 30  # 400 tokens would take minutes here
     assert_history_clean(stack, [prediction_id])
+
+
+def test_a_webhooks_worker_killed_mid_delivery_loses_no_completed_event(
+    stack: FaultStack, client: httpx.Client
+) -> None:
+    version = create_version(stack, "all-minilm-l6-v2", 1, 0)
+    with receiving() as receiver:
+        url = receiver.script("/hook", Answer(200, delay_s=5), Answer(200))
+        hooks = stack.start_worker("webhooks")
+        body = {"version": version, "input": {"text": "x"}, "webhook": url,
+                "webhook_events_filter": ["completed"]}  # fmt: skip
+        prediction_id = client.post("/v1/predictions", json=body).json()["id"]
+        (first,) = receiver.wait_for("/hook", 1, 180)  # the receiver holds the first attempt
+        stack.kill_worker(hooks)
+        stack.workers.remove(hooks)
+        killed_at = time.monotonic()
+        stack.start_worker("webhooks")
+        second = receiver.wait_for("/hook", 2, 60)[1]
+    print(f"delivered again {second.at - killed_at:.2f}s after the kill (lease: 3 s)")
+    assert second.headers["webhook-id"] == first.headers["webhook-id"]
+    assert second.body == first.body
+    assert statuses(stack, [prediction_id]) == {prediction_id: "succeeded"}
+
+    def attempts() -> list[tuple[Any, ...]]:
+        with psycopg.connect(stack.sql_url) as conn:
+            return conn.execute(
+                "SELECT a.number, a.status_code, a.error FROM webhook_attempts a"
+                " JOIN webhook_deliveries d ON d.id = a.delivery_id"
+                " WHERE d.prediction_id = %s AND d.status = 'succeeded' ORDER BY a.number",
+                (prediction_id,),
+            ).fetchall()
+
+    wait_until(lambda: len(attempts()) == 2, 30, "the delivery to be recorded")
+    assert attempts() == [(1, None, "The worker was lost during this attempt"), (2, 200, None)]

@@ -26,9 +26,10 @@ from db.tables import ModelVersion, PredictionStatus
 from models.base import PredictionError, Predictor, is_out_of_memory, output_sink, stop_check
 from models.registry import UnknownModelType
 from models.weights import WeightsNotFound
-from workers import events, metrics, running, runtime
+from workers import events, files, metrics, running, runtime
 from workers.batcher import Batcher, Pending
 from workers.settings import get_worker_settings
+from workers.webhooks import progress as webhook_progress
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str
     def publish(chunks: Mapping[int, Any]) -> None:
         """Indices are positions in this call's `claims` (a half, when the batch was split)."""
         streamed.update(chunks)
+        webhook_progress.output_chunks({claims[i].id: chunks[i] for i in chunks})
         sending = [i for i in chunks if i not in cut]
         if not events.publish_many([(claims[i].id, "output", chunks[i]) for i in sending]):
             cut.update(sending)
@@ -136,6 +138,7 @@ def _run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
     ids = list(dict.fromkeys(pending.item for pending in batch))  # a duplicate delivery
     with session_scope() as session:
         claims = predictions.claim(session, ids=ids, lease_s=settings.lease_s)
+        webhook_progress.watch(session, [claim.id for claim in claims])
     claimed = {claim.id for claim in claims}
     for pending in batch:
         if pending.item not in claimed:
@@ -193,6 +196,8 @@ def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str], model
         # Still uncommitted: the API ends a prediction's event stream once it sees the final
         # status, so the stream must already hold everything by then.
         events.publish_many(published)
+        webhook_progress.record(session, published)
+    webhook_progress.forget(claim.id for claim in claims)
     for fate in fates:  # counted once committed
         if fate == "retried":
             metrics.RETRIES.labels(model).inc()
@@ -211,12 +216,13 @@ def _record_one(
     output = None
     if error is None:
         logs.append(f"Predicted in {outcome.predict_time:.3f}s (batch of {outcome.batch_size})")
-        bad_output = unstorable(outcome.output, "output")
+        stored, error = files.store(session, claim=claim, output=outcome.output)
+        bad_output = unstorable(stored, "output") if error is None else []
         if bad_output:
             path, reason = bad_output[0]
             error = f"The model returned an unstorable value at {path}: {reason}"
-        else:
-            output = outcome.output
+        elif error is None:
+            output = stored
     if error is not None:
         error = error.replace("\x00", "\\0")  # a model's message may hold anything
     common: dict[str, Any] = {

@@ -1,8 +1,9 @@
 """The Celery app of the workers: every setting here says why it is set.
 
-Redis carries prediction ids only; PostgreSQL is the source of truth and results are never
-stored in Celery. Start with `celery -A workers.celery_app worker -Q predictions.cpu` (or
-`predictions.gpu` on a GPU machine; `webhooks` for webhook deliveries).
+Redis carries ids only (of predictions and webhook deliveries); PostgreSQL is the source of
+truth and results are never stored in Celery. Start with `celery -A workers.celery_app worker
+-Q predictions.cpu` (or `predictions.gpu` on a GPU machine; `-Q webhooks` for a worker that
+delivers webhooks and runs no model).
 """
 
 import logging
@@ -19,6 +20,7 @@ from workers.settings import get_worker_settings
 RUN_PREDICTION_TASK = "quern.predictions.run"
 # Webhook deliveries have their own queue (and workers), so slow receivers never hold model workers.
 WEBHOOKS_QUEUE = "webhooks"
+DELIVER_WEBHOOK_TASK = "quern.webhooks.deliver"
 
 
 def prediction_queue(hardware: str) -> str:
@@ -32,7 +34,11 @@ kombu_fixes.survive_broker_reconnects()
 
 assert settings.task_time_limit_s < settings.broker_visibility_timeout_s
 
-app = Celery("quern", broker=settings.redis_url, include=["workers.tasks.predictions"])
+app = Celery(
+    "quern",
+    broker=settings.redis_url,
+    include=["workers.tasks.predictions", "workers.tasks.webhooks"],
+)
 app.conf.update(
     # Ack after the task ran, so a worker that dies mid-prediction leaves the message to be
     # redelivered (at least once). Duplicates are harmless: the claim is a conditional UPDATE.
@@ -106,9 +112,16 @@ def _serve_metrics(**_: Any) -> None:
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
-def _start_background_threads(**_: Any) -> None:
-    """Lease heartbeat, cancel listener and sweeper: in the process that runs predictions."""
-    from workers import running, sweeper
+def _start_background_threads(sender: Any, **_: Any) -> None:
+    """Lease heartbeat, cancel listener and sweeper in a process that runs predictions; the
+    webhook dispatcher in one that delivers webhooks."""
+    consumed = set(sender.app.amqp.queues.consume_from)
+    if consumed - {WEBHOOKS_QUEUE}:
+        from workers import running, sweeper
 
-    running.start()
-    sweeper.start()
+        running.start()
+        sweeper.start()
+    if WEBHOOKS_QUEUE in consumed:
+        from workers.webhooks import dispatcher
+
+        dispatcher.start()

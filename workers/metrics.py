@@ -49,6 +49,18 @@ RETRIES = Counter(
     "Attempts that failed transiently and will run again.",
     ["model"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "quern_webhook_deliveries_total",
+    "Webhook delivery attempts by event and outcome: succeeded, retried (tried again later), "
+    "failed (out of attempts) or stopped (the receiver answered 410).",
+    ["event", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "quern_webhook_delivery_seconds",
+    "Time of one webhook delivery attempt: resolve, connect, send, read the answer.",
+    ["event"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 GPU_MEMORY = Gauge(
     "quern_gpu_memory_bytes", "GPU memory held by this process's tensors.", ["device"]
 )

@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,32 @@ class WorkerSettings(BaseSettings):
     )
     # Files one prediction may store (they live in PostgreSQL): more fails the prediction.
     max_output_file_bytes: int = Field(default=20 * 1024 * 1024, ge=0)
+    # Webhook deliveries (the `webhooks` queue). One attempt (resolve, connect, send, read the
+    # answer) gets webhook_timeout_s in all; the worker holds a delivery under a lease that
+    # outlasts an attempt, so a lapsed lease means the worker died and it is tried again.
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_lease_s: float = Field(default=60.0, gt=0)
+    # Retries (any answer but 2xx and 410, or none): delay = random(3c/4, c) with
+    # c = min(cap, base * 2^(attempt-1)), so each wait is longer than the last; a 429 or 503
+    # `Retry-After` is honoured up to the cap. No attempt after max_attempts, or later than
+    # horizon_s after the event. The defaults spread 10 attempts over 13 to 17 hours.
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_retry_base_s: float = Field(default=120.0, gt=0)
+    webhook_retry_cap_s: float = Field(default=12 * 3600.0, gt=0)
+    webhook_retry_horizon_s: float = Field(default=24 * 3600.0, gt=0)
+    # The dispatcher (in webhooks workers) wakes on every new delivery and when a retry is due;
+    # at least this often it also takes back deliveries whose worker died and republishes those
+    # published longer than webhook_requeue_after_s ago and never started (message lost).
+    webhook_dispatch_interval_s: float = Field(default=5.0, gt=0)
+    webhook_requeue_after_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> "WorkerSettings":
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError(
+                "QUERN_WORKER_WEBHOOK_LEASE_S must exceed QUERN_WORKER_WEBHOOK_TIMEOUT_S"
+            )
+        return self
 
     @field_validator("public_url")
     @classmethod

@@ -3,10 +3,11 @@
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from api.schemas.base import RequestBody, ResponseBody
 from db.ids import ID_PATTERN
+from db.tables import ALL_EVENTS, WebhookEvent
 
 
 class PredictionCreate(RequestBody):
@@ -17,6 +18,30 @@ class PredictionCreate(RequestBody):
         description="`owner/name`: runs the model's latest version.",
     )
     input: dict[str, Any] = Field(description="Validated against the version's input schema.")
+    webhook: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[!-~]+$",
+        description="An http(s) URL to POST the prediction object to when the events of "
+        "`webhook_events_filter` happen, signed per Standard Webhooks (the secret is at "
+        "`GET /v1/webhooks/default/secret`). It must resolve to a public address.",
+    )
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(ALL_EVENTS),
+        description="Which events to send (default: all): `start`, `output` and `logs` (each "
+        "at most every 500 ms), `completed`.",
+    )
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def needs_webhook(
+        cls, events: list[WebhookEvent] | None, info: ValidationInfo
+    ) -> list[WebhookEvent] | None:
+        if events is not None and "webhook" in info.data and info.data["webhook"] is None:
+            raise ValueError("give a webhook to send these events to")
+        return None if events is None else [e for e in ALL_EVENTS if e in events]
 
     @model_validator(mode="after")
     def version_xor_model(self) -> "PredictionCreate":
@@ -54,6 +79,8 @@ class PredictionOut(ResponseBody):
     deadline: datetime | None = Field(description="From `Cancel-After`, if given.")
     urls: PredictionUrls
     metrics: PredictionMetrics
+    webhook: str | None
+    webhook_events_filter: list[str] | None
 
 
 class PredictionPage(ResponseBody):

@@ -22,52 +22,24 @@ from api.errors import (
 from api.queue import enqueue_prediction
 from api.schemas.predictions import (
     PredictionCreate,
-    PredictionMetrics,
     PredictionOut,
     PredictionPage,
-    PredictionUrls,
 )
 from api.services.inputs import validate_input
 from api.settings import ApiSettings
-from db import log_format
+from db import log_format, webhook_guard
 from db.ids import is_id
+from db.prediction_object import prediction_object
 from db.repositories import idempotency_keys, models, predictions
 from db.repositories.predictions import UNFINISHED, Cursor, PredictionWithModel
 from db.session import session_scope
-from db.tables import ModelVersion, PredictionStatus, Role, User
+from db.tables import ALL_EVENTS, ModelVersion, PredictionStatus, Role, User
 
 log = logging.getLogger(__name__)
 
 
 def to_out(row: PredictionWithModel, base_url: str) -> PredictionOut:
-    p = row.prediction
-    url = f"{base_url}/v1/predictions/{p.id}"
-    return PredictionOut(
-        id=p.id,
-        model=row.model,
-        version=p.version_id,
-        input=p.input,
-        output=p.output,
-        logs=p.logs,
-        error=p.error,
-        status=p.status,
-        created_at=p.created_at,
-        started_at=p.started_at,
-        completed_at=p.completed_at,
-        deadline=p.deadline,
-        urls=PredictionUrls(get=url, cancel=f"{url}/cancel", stream=f"{url}/stream"),
-        metrics=PredictionMetrics(
-            predict_time=p.metrics.get("predict_time"),
-            batch_size=p.metrics.get("batch_size"),
-            attempts=p.attempts,
-            queue_time=_seconds(p.created_at, p.started_at),
-            total_time=_seconds(p.created_at, p.completed_at),
-        ),
-    )
-
-
-def _seconds(start: datetime, end: datetime | None) -> float | None:
-    return None if end is None else round((end - start).total_seconds(), 6)
+    return PredictionOut.model_validate(prediction_object(row.prediction, row.model, base_url))
 
 
 def _resolve_version(tx: Transaction, body: PredictionCreate) -> tuple[ModelVersion, str]:
@@ -176,6 +148,7 @@ def create(
     deadline = (
         None if cancel_after is None else datetime.now(UTC) + parse_cancel_after(cancel_after)
     )
+    events = _check_webhook(body)  # before any query: a slow resolver holds no connection
     if idempotency_key is not None:
         request_hash = _request_hash(body, cancel_after)
         replayed = _replay(tx, user, idempotency_key, request_hash)
@@ -185,7 +158,13 @@ def create(
     validated = validate_input(version.input_schema, body.input, settings.max_input_string_chars)
     _check_backlog(tx, user, version.id, model_ref, settings)
     prediction = predictions.create(
-        tx.session, owner_id=user.id, version_id=version.id, input=validated, deadline=deadline
+        tx.session,
+        owner_id=user.id,
+        version_id=version.id,
+        input=validated,
+        deadline=deadline,
+        webhook=body.webhook,
+        webhook_events_filter=events,
     )
     # This thread-pool call runs in a copy of the request's context: the id stays with it.
     log_format.prediction_id.set(prediction.id)
@@ -200,6 +179,19 @@ def create(
     tx.after_commit.append(partial(_enqueue, prediction.id, version.id, version.hardware))
     tx.after_commit.append(metrics.CREATED.labels(model_ref).inc)
     return to_out(PredictionWithModel(prediction, model_ref), base_url), False
+
+
+def _check_webhook(body: PredictionCreate) -> list[str] | None:
+    """The events to send (all by default), once the SSRF guard accepts the webhook."""
+    if body.webhook is None:
+        return None
+    try:
+        webhook_guard.check(body.webhook)
+    except webhook_guard.RefusedUrl as exc:
+        raise Unprocessable(
+            f"webhook: {exc}", invalid_fields=[{"field": "webhook", "message": str(exc)}]
+        ) from None
+    return [str(event) for event in body.webhook_events_filter or ALL_EVENTS]
 
 
 def _enqueue(prediction_id: str, version_id: str, hardware: str) -> None:

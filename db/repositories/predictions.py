@@ -85,6 +85,7 @@ class Claim:
     input: dict[str, Any]
     attempts: int  # this attempt's number: only its owner may record the outcome
     deadline: datetime | None
+    owner_id: str  # who the prediction's files belong to
 
 
 def _seconds(value: float | ColumnElement[float]) -> ColumnElement[Any]:
@@ -98,6 +99,8 @@ def create(
     version_id: str,
     input: dict[str, Any],
     deadline: datetime | None = None,
+    webhook: str | None = None,
+    webhook_events_filter: builtins.list[str] | None = None,
 ) -> Prediction:
     """A `starting` prediction, marked as enqueued: the caller publishes it after commit."""
     prediction = Prediction(
@@ -106,6 +109,8 @@ def create(
         input=input,
         deadline=deadline,
         enqueued_at=func.now(),
+        webhook=webhook,
+        webhook_events_filter=webhook_events_filter,
     )
     session.add(prediction)
     session.flush()  # eager defaults: created_at comes back from the server in the INSERT
@@ -183,10 +188,16 @@ def claim(session: Session, *, ids: builtins.list[str], lease_s: float) -> built
             attempts=Prediction.attempts + 1,
             lease_expires_at=func.now() + _seconds(lease_s),
         )
-        .returning(Prediction.id, Prediction.input, Prediction.attempts, Prediction.deadline)
+        .returning(
+            Prediction.id,
+            Prediction.input,
+            Prediction.attempts,
+            Prediction.deadline,
+            Prediction.owner_id,
+        )
     )
     position = {id: index for index, id in enumerate(ids)}
-    claims = [Claim(row.id, row.input, row.attempts, row.deadline) for row in rows]
+    claims = [Claim(row.id, row.input, row.attempts, row.deadline, row.owner_id) for row in rows]
     return sorted(claims, key=lambda claim: position[claim.id])
 
 
@@ -349,6 +360,21 @@ def update_status(
         values.setdefault("lease_expires_at", None)
     result = session.execute(query.values(status=status, **values))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def lock_attempt(session: Session, *, claim: Claim) -> bool:
+    """Whether `claim`'s attempt still runs its prediction; if so the row stays locked until
+    commit, so a cancel cannot land between this check and the outcome's update."""
+    locked = session.scalar(
+        select(Prediction.id)
+        .where(
+            Prediction.id == claim.id,
+            Prediction.status == PredictionStatus.PROCESSING,
+            Prediction.attempts == claim.attempts,
+        )
+        .with_for_update()
+    )
+    return locked is not None
 
 
 def add_logs(session: Session, *, id: str, logs: str) -> None:

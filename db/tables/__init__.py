@@ -7,9 +7,19 @@ from db.tables.model import Model
 from db.tables.model_version import Hardware, ModelVersion
 from db.tables.prediction import Prediction, PredictionStatus
 from db.tables.user import Role, User
+from db.tables.webhook_delivery import (
+    ALL_EVENTS,
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEvent,
+)
+from db.tables.webhook_secret import WebhookSecret
 
 __all__ = [
+    "ALL_EVENTS",
     "ApiToken",
+    "DeliveryStatus",
     "File",
     "Hardware",
     "IdempotencyKey",
@@ -19,4 +29,8 @@ __all__ = [
     "PredictionStatus",
     "Role",
     "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEvent",
+    "WebhookSecret",
 ]

@@ -5,6 +5,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, func, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base, JSONValue
@@ -91,3 +92,7 @@ class Prediction(Base):
     enqueued_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
     lease_expires_at: Mapped[datetime | None]
+    # Where to POST the prediction object when it starts, streams output or logs, completes
+    # (the events of webhook_events_filter); deliveries are rows of webhook_deliveries.
+    webhook: Mapped[str | None] = mapped_column(String(2048))
+    webhook_events_filter: Mapped[list[str] | None] = mapped_column(ARRAY(String(16)))

@@ -1,0 +1,47 @@
+"""Text to image for real: the API, a Celery worker process building and running the tiny
+Stable Diffusion pipeline, and the PNG files it stored, fetched back through the API."""
+
+import io
+from urllib.parse import urlsplit
+
+import pytest
+from PIL import Image
+
+from tests.helpers import register_and_login
+from tests.live import LiveStack
+from tests.processes import wait_for_prediction
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_image_prediction_returns_png_urls_only_its_owner_can_fetch(live: LiveStack) -> None:
+    response = live.client.post(
+        "/v1/predictions",
+        json={
+            "model": "quern/tiny-stable-diffusion",
+            "input": {"prompt": "a red barn", "width": 96, "num_outputs": 2, "seed": 1},
+        },
+        headers=live.headers | {"Prefer": "wait=60"},
+        timeout=90,
+    )
+    assert response.status_code == 201, response.text
+    done = response.json()
+    if done["status"] not in ("succeeded", "failed", "canceled", "aborted"):
+        url = f"/v1/predictions/{done['id']}"  # the first run builds the pipeline
+        done = wait_for_prediction(live.client, url, live.headers, timeout=240)
+    assert done["status"] == "succeeded", done
+    assert done["input"]["height"] == 64 and done["input"]["num_inference_steps"] == 4
+    urls = done["output"]
+    assert isinstance(urls, list) and len(urls) == 2 and len(set(urls)) == 2
+    stranger = register_and_login(live.client)
+    for url in urls:
+        # The path: the worker's QUERN_PUBLIC_URL need not be this test API's address.
+        path = urlsplit(url).path
+        assert path.startswith("/v1/files/")
+        fetched = live.client.get(path, headers=live.headers)
+        assert fetched.status_code == 200, fetched.text
+        assert fetched.headers["content-type"] == "image/png"
+        image = Image.open(io.BytesIO(fetched.content), formats=["PNG"])
+        assert image.size == (96, 64)
+        assert live.client.get(path, headers=stranger).status_code == 404
+        assert live.client.get(path).status_code == 401

@@ -1,0 +1,134 @@
+"""One webhook attempt against a real receiver on loopback (allowed for these tests), and the
+retry policy that follows it."""
+
+import ipaddress
+import json
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from db.repositories.webhook_deliveries import DeliveryClaim
+from db.repositories.webhook_secrets import new_secret
+from db.tables import DeliveryStatus
+from db.webhook_guard import get_guard_settings
+from tests.webhook_receiver import Answer, Receiver, receiving
+from workers.settings import WorkerSettings
+from workers.webhooks import sending
+from workers.webhooks.delivery import next_step, retry_delay
+
+BODY = json.dumps({"id": "p1", "status": "succeeded", "output": "héllo"}, ensure_ascii=False)
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    monkeypatch.setattr(
+        get_guard_settings(), "allowed_networks", [ipaddress.ip_network("127.0.0.1/32")]
+    )
+    with receiving() as receiver:
+        yield receiver
+
+
+def only(name: str, address: str) -> Any:
+    """A resolver that knows one name."""
+
+    def resolve(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        if host != name:
+            raise socket.gaierror(socket.EAI_NONAME, "unknown")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    return resolve
+
+
+def test_the_body_goes_signed_to_the_checked_address_naming_the_host(receiver: Receiver) -> None:
+    secret = new_secret()
+    headers = sending.signed_headers(secret, "delivery-1", BODY)
+    url = f"http://hooks.test:{receiver.port}/ok?x=1"
+    result = sending.send(url, BODY, headers, 5, resolve=only("hooks.test", "127.0.0.1"))
+    assert (result.status_code, result.error, result.succeeded) == (200, None, True)
+    (got,) = receiver.at("/ok")
+    assert got.headers["host"] == f"hooks.test:{receiver.port}"
+    assert got.headers["user-agent"].startswith("Quern")
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["webhook-signature"].startswith("v1,")
+    assert Webhook(secret).verify(got.body, got.headers) == json.loads(BODY)
+    with pytest.raises(Exception, match="signature"):
+        Webhook(new_secret()).verify(got.body, got.headers)
+
+
+def test_a_redirect_is_a_failure_and_is_never_followed(receiver: Receiver) -> None:
+    url = receiver.script(
+        "/moved", Answer(302, {"location": "http://169.254.169.254/latest/meta-data/"})
+    )
+    result = sending.send(url, BODY, {}, 5)
+    assert result.status_code == 302 and not result.succeeded
+    assert "not followed" in str(result.error) and "169.254.169.254" in str(result.error)
+    assert len(receiver.received) == 1
+
+
+def test_a_slow_receiver_is_cut_off_at_the_time_limit(receiver: Receiver) -> None:
+    url = receiver.script("/slow", Answer(200, delay_s=3))
+    started = time.monotonic()
+    result = sending.send(url, BODY, {}, 0.5)
+    assert result.status_code is None and result.error == "No answer within 0.5s"
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_huge_answer_is_read_only_up_to_the_limit(receiver: Receiver) -> None:
+    url = receiver.script("/huge", Answer(500, body=b"\x00e" * 4_000_000))
+    result = sending.send(url, BODY, {}, 5)
+    assert result.status_code == 500
+    assert result.error is not None and len(result.error) < 250 and "\x00" not in result.error
+
+
+def test_a_target_the_guard_refuses_is_never_contacted(receiver: Receiver) -> None:
+    result = sending.send(f"http://127.0.0.2:{receiver.port}/x", BODY, {}, 5)
+    assert result.status_code is None
+    assert result.error == "Refused: 127.0.0.2 is a loopback address"
+    redirect_by_dns = only("rebind.test", "169.254.169.254")
+    result = sending.send("http://rebind.test/x", BODY, {}, 5, resolve=redirect_by_dns)
+    assert "cloud metadata" in str(result.error)
+    assert receiver.received == []
+
+
+def test_retry_after_of_a_429_is_read(receiver: Receiver) -> None:
+    url = receiver.script("/busy", Answer(429, {"retry-after": "7"}))
+    assert sending.send(url, BODY, {}, 5).retry_after_s == 7.0
+
+
+def claim(attempt: int, age_s: float = 0) -> DeliveryClaim:
+    created = datetime.now(UTC) - timedelta(seconds=age_s)
+    return DeliveryClaim("d", "completed", "u", {}, None, attempt, created, "o", "m/n")
+
+
+def result(status_code: int | None, retry_after_s: float | None = None) -> sending.Result:
+    return sending.Result(status_code, None if status_code == 200 else "x", 1.0, retry_after_s)
+
+
+def test_what_follows_an_attempt() -> None:
+    settings = WorkerSettings(
+        webhook_max_attempts=4, webhook_retry_base_s=10, webhook_retry_cap_s=100,
+        webhook_retry_horizon_s=3600,
+    )  # fmt: skip
+    assert next_step(claim(1), result(204), settings) == (DeliveryStatus.SUCCEEDED, None)
+    assert next_step(claim(1), result(410), settings) == (DeliveryStatus.STOPPED, None)
+    for code in (None, 301, 400, 404, 408, 500, 503):
+        status, wait = next_step(claim(2), result(code), settings)
+        assert status == DeliveryStatus.PENDING and wait is not None and 15 <= wait <= 20
+    assert next_step(claim(1), result(429, 40), settings) == (DeliveryStatus.PENDING, 40)
+    assert next_step(claim(1), result(429, 9999), settings) == (DeliveryStatus.PENDING, 100)
+    assert next_step(claim(4), result(500), settings) == (DeliveryStatus.FAILED, None)
+    assert next_step(claim(1, age_s=3601), result(500), settings) == (DeliveryStatus.FAILED, None)
+    _, wait = next_step(claim(1, age_s=3599), result(500), settings)
+    assert wait is not None and wait <= 1.01  # the last attempt at the horizon
+
+
+def test_each_retry_waits_longer_than_the_one_before_below_the_cap() -> None:
+    for _ in range(200):
+        waits = [retry_delay(attempt, 1.0, 1000) for attempt in range(1, 8)]
+        assert waits == sorted(waits)
+        assert all(0.75 * 2 ** (n - 1) <= w <= 2 ** (n - 1) for n, w in enumerate(waits, start=1))

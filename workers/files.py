@@ -1,0 +1,65 @@
+"""File outputs (models.base.FileOutput) become File rows and URLs, as an outcome is recorded.
+
+Runs in the recording transaction, before the output is checked, stored and published, so
+only URLs ever reach the prediction, its events and webhooks. Files are written only for an
+output that will be stored, of an attempt that still runs its prediction.
+"""
+
+import re
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from db.ids import new_id
+from db.repositories import files, predictions
+from db.repositories.predictions import Claim
+from db.storable import unstorable
+from models.base import FileOutput
+from workers.settings import get_worker_settings
+
+# type/subtype (RFC 6838 names): fits the column and is safe to send back as a header.
+CONTENT_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,48}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,48}"
+)
+
+
+def store(session: Session, *, claim: Claim, output: Any) -> tuple[Any, str | None]:
+    """(`output` with every FileOutput replaced by its URL, None), or (None, why not)."""
+    settings = get_worker_settings()
+    found: list[tuple[str, FileOutput]] = []
+
+    def replace(value: Any) -> Any:
+        if isinstance(value, FileOutput):
+            file_id = new_id()
+            found.append((file_id, value))
+            return f"{settings.public_url}/v1/files/{file_id}"
+        if isinstance(value, list | tuple):
+            return [replace(item) for item in value]
+        if isinstance(value, dict):
+            return {key: replace(item) for key, item in value.items()}
+        return value
+
+    replaced = replace(output)
+    if not found:
+        return output, None
+    bad_type = next(
+        (f.content_type for _, f in found if not CONTENT_TYPE.fullmatch(f.content_type)), None
+    )
+    if bad_type is not None:
+        return None, f"The model returned a file with an invalid content type {bad_type[:100]!r}"
+    total = sum(len(file.data) for _, file in found)
+    if total > settings.max_output_file_bytes:
+        limit = settings.max_output_file_bytes
+        return None, f"The model's files total {total} bytes; the limit is {limit}"
+    # An unstorable output fails the prediction (the caller says why): no files for it.
+    if not unstorable(replaced, "output") and predictions.lock_attempt(session, claim=claim):
+        for file_id, file in found:
+            files.create(
+                session,
+                id=file_id,
+                owner_id=claim.owner_id,
+                prediction_id=claim.id,
+                content_type=file.content_type,
+                data=file.data,
+            )
+    return replaced, None

@@ -1,0 +1,95 @@
+"""Delivering one webhook: claim the row, send, record the attempt and what happens next.
+
+No database connection is held while the receiver is being called. The outcome: 2xx
+succeeded; 410 stopped (never retried); anything else, or no answer, is retried later with
+exponential backoff and jitter (a 429's or 503's Retry-After honoured), until the attempts or
+the horizon run out (failed). Retries wait in PostgreSQL (`next_attempt_at`), never in a
+Redis ETA message; the dispatcher publishes them when due.
+"""
+
+import logging
+import random
+from datetime import UTC, datetime
+
+from db import log_format
+from db.prediction_object import from_snapshot, prediction_object, to_json
+from db.repositories import webhook_deliveries, webhook_secrets
+from db.repositories.webhook_deliveries import DeliveryClaim
+from db.session import session_scope
+from db.tables import DeliveryStatus
+from workers import metrics
+from workers.settings import WorkerSettings, get_worker_settings
+from workers.webhooks import sending
+
+log = logging.getLogger(__name__)
+
+
+def deliver(delivery_id: str) -> None:
+    settings = get_worker_settings()
+    with session_scope() as session:
+        claim = webhook_deliveries.claim(session, id=delivery_id, lease_s=settings.webhook_lease_s)
+        if claim is None:
+            log.info("webhook delivery %s is not due or not pending; message ignored", delivery_id)
+            return
+        body = claim.body
+        if body is None:
+            prediction = from_snapshot(claim.snapshot)
+            body = to_json(prediction_object(prediction, claim.model, settings.public_url))
+            webhook_deliveries.freeze_body(session, id=claim.id, body=body)
+        secret = webhook_secrets.get_or_create(session, owner_id=claim.owner_id)
+    log_format.prediction_id.set(claim.snapshot.get("id"))
+    headers = sending.signed_headers(secret, claim.id, body)
+    result = sending.send(claim.url, body, headers, settings.webhook_timeout_s)
+    status, retry_in_s = next_step(claim, result, settings)
+    with session_scope() as session:
+        webhook_deliveries.record_attempt(
+            session,
+            claim=claim,
+            status=status,
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            error=result.error,
+            retry_in_s=retry_in_s,
+        )
+    outcome = "retried" if status == DeliveryStatus.PENDING else str(status)
+    metrics.WEBHOOK_DELIVERIES.labels(claim.event, outcome).inc()
+    metrics.WEBHOOK_SECONDS.labels(claim.event).observe(result.latency_ms / 1000)
+    log.info(
+        "webhook %s %s attempt %d: %s (%s)%s",
+        claim.event,
+        claim.id,
+        claim.attempt,
+        result.error or f"HTTP {result.status_code}",
+        outcome,
+        "" if retry_in_s is None else f", next in {retry_in_s:.2f}s",
+    )
+
+
+def next_step(
+    claim: DeliveryClaim, result: sending.Result, settings: WorkerSettings
+) -> tuple[DeliveryStatus, float | None]:
+    """The delivery's status after this attempt, and for a retry, the wait before the next."""
+    if result.succeeded:
+        return DeliveryStatus.SUCCEEDED, None
+    if result.status_code == 410:
+        return DeliveryStatus.STOPPED, None
+    horizon_left_s = (
+        settings.webhook_retry_horizon_s - (datetime.now(UTC) - claim.created_at).total_seconds()
+    )
+    if claim.attempt >= settings.webhook_max_attempts or horizon_left_s <= 0:
+        return DeliveryStatus.FAILED, None
+    if result.retry_after_s is not None:
+        wait_s = min(result.retry_after_s, settings.webhook_retry_cap_s)
+    else:
+        wait_s = retry_delay(
+            claim.attempt, settings.webhook_retry_base_s, settings.webhook_retry_cap_s
+        )
+    return DeliveryStatus.PENDING, min(wait_s, horizon_left_s)
+
+
+def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """Uniform in [3c/4, c], c = min(cap, base * 2^(attempt-1)): the jitter spreads the
+    retries of many deliveries, yet (below the cap) each wait is clearly longer than the last,
+    which full jitter (uniform in [0, c]) cannot promise."""
+    ceiling = min(cap_s, base_s * 2.0 ** (attempt - 1))
+    return random.uniform(0.75 * ceiling, ceiling)  # noqa: S311

@@ -1,0 +1,101 @@
+"""The dispatcher: PostgreSQL says which deliveries are due; this makes Redis carry them.
+
+It runs in every webhooks worker. It wakes when a delivery is written or set to be retried
+(NOTIFY from migration 0006's trigger, so `start` and `completed` go at once, whoever wrote
+them), when the next retry is due (so retries keep to their schedule), and at least every
+`webhook_dispatch_interval_s`; then it publishes a message for each due delivery that has
+none. Every interval it also takes back deliveries whose worker died mid-attempt (their lease
+lapsed) and those whose message seems lost. Several dispatchers are safe together: a delivery
+is marked as published under SKIP LOCKED.
+"""
+
+import logging
+import threading
+import time
+
+import psycopg
+
+from db.repositories import webhook_deliveries
+from db.session import session_scope
+from db.settings import get_database_settings
+from workers import metrics
+from workers.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE, app
+from workers.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "quern_webhook_deliveries"
+BATCH = 500
+
+
+def recover() -> None:
+    """Take back attempts lost with their worker, and deliveries whose message was lost."""
+    settings = get_worker_settings()
+    with session_scope() as session:
+        lost = webhook_deliveries.take_back_lost(
+            session, max_attempts=settings.webhook_max_attempts
+        )
+        resent = webhook_deliveries.forget_lost_messages(
+            session, older_than_s=settings.webhook_requeue_after_s
+        )
+    for event, status in lost:
+        outcome = "retried" if status == "pending" else status
+        metrics.WEBHOOK_DELIVERIES.labels(event, outcome).inc()
+    if lost or resent:
+        log.info(
+            "dispatcher: %d attempts lost with their worker, %d messages lost", len(lost), resent
+        )
+
+
+def publish_due() -> float | None:
+    """Publish every due delivery that has no message. Returns the seconds until the next one
+    is due (None: none is waiting)."""
+    while True:
+        with session_scope() as session:
+            due = webhook_deliveries.take_due(session, limit=BATCH)
+        unsent = []
+        for delivery_id in due:
+            try:
+                app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+            except Exception:
+                unsent.append(delivery_id)
+        if unsent:
+            log.warning("dispatcher: could not publish %d deliveries; will retry", len(unsent))
+            with session_scope() as session:
+                webhook_deliveries.mark_not_enqueued(session, ids=unsent)
+            return get_worker_settings().webhook_dispatch_interval_s
+        if len(due) < BATCH:
+            break
+    with session_scope() as session:
+        return webhook_deliveries.seconds_until_due(session)
+
+
+def _loop() -> None:
+    settings = get_worker_settings()
+    interval = settings.webhook_dispatch_interval_s
+    recovered_at = -interval
+    while True:
+        try:
+            with psycopg.connect(get_database_settings().libpq_url, autocommit=True) as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                while True:
+                    if time.monotonic() - recovered_at >= interval:
+                        recover()
+                        recovered_at = time.monotonic()
+                    next_due_s = publish_due()
+                    wait_s = interval if next_due_s is None else min(interval, next_due_s)
+                    for _ in conn.notifies(timeout=max(wait_s, 0.01), stop_after=1):
+                        pass
+        except Exception:
+            log.warning("dispatcher failed; starting again", exc_info=True)
+            time.sleep(1)
+
+
+_started = threading.Event()
+
+
+def start() -> None:
+    """Start the dispatcher thread, once per process."""
+    if not _started.is_set():
+        _started.set()
+        threading.Thread(target=_loop, name="webhook-dispatcher", daemon=True).start()
