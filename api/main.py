@@ -27,6 +27,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for module in (health, auth, account, tokens, models, predictions, files, webhooks):
         app.include_router(module.router)
+    app.include_router(predictions.model_router)
     return app
 
 

@@ -3,24 +3,64 @@
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
-from api.deps import CurrentUser, SettingsDep, TransactionDep
+from api.deps import CurrentUser, SettingsDep, Transaction, TransactionDep
 from api.errors import PROBLEMS
-from api.schemas.predictions import PredictionCreate, PredictionOut, PredictionPage
+from api.schemas.auth import USERNAME_PATTERN
+from api.schemas.models import MODEL_NAME_PATTERN
+from api.schemas.predictions import (
+    PredictionCreate,
+    PredictionOut,
+    PredictionPage,
+    PredictionRequest,
+)
 from api.services import predictions
 from api.services.streams import prediction_events
 from api.services.waiting import WaitingResponse, parse_prefer_wait
+from api.settings import ApiSettings
+from db.tables import User
 
 # A comment line this often keeps proxies from closing a quiet stream.
 PING_S = 15
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"], responses=PROBLEMS)
+# POST /v1/models/{owner}/{name}/predictions: a prediction, addressed by its model.
+model_router = APIRouter(prefix="/v1/models", tags=["predictions"], responses=PROBLEMS)
 
 
 def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
+
+
+CancelAfter = Annotated[
+    str | None,
+    Header(
+        alias="Cancel-After",
+        max_length=32,
+        description="Deadline: `30s`, `5m`, `1h`. Not started by then: `aborted`; "
+        "running then: `canceled`.",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description="Retry safely: the same key and body within 24 h returns the first "
+        "prediction (header `Idempotent-Replayed: true`) instead of running it again.",
+    ),
+]
+Prefer = Annotated[
+    str | None,
+    Header(
+        max_length=256,
+        description="`wait` or `wait=N` (1-60 s): answer when the prediction is finished, "
+        "or after N seconds with it unfinished and a `Location` header to poll.",
+    ),
+]
 
 
 @router.post("", status_code=201, response_model=PredictionOut)
@@ -31,36 +71,50 @@ def create_prediction(
     tx: TransactionDep,
     user: CurrentUser,
     settings: SettingsDep,
-    cancel_after: Annotated[
-        str | None,
-        Header(
-            alias="Cancel-After",
-            max_length=32,
-            description="Deadline: `30s`, `5m`, `1h`. Not started by then: `aborted`; "
-            "running then: `canceled`.",
-        ),
-    ] = None,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=255,
-            pattern=r"^[!-~]+$",
-            description="Retry safely: the same key and body within 24 h returns the first "
-            "prediction (header `Idempotent-Replayed: true`) instead of running it again.",
-        ),
-    ] = None,
-    prefer: Annotated[
-        str | None,
-        Header(
-            max_length=256,
-            description="`wait` or `wait=N` (1-60 s): answer when the prediction is finished, "
-            "or after N seconds with it unfinished and a `Location` header to poll.",
-        ),
-    ] = None,
+    cancel_after: CancelAfter = None,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> PredictionOut | Response:
     """Validate the input, store the prediction, queue it. Returns at once with `starting`,
     unless `Prefer: wait` asks to wait for the result."""
+    return _create(
+        body, request, response, tx, user, settings, cancel_after, idempotency_key, prefer
+    )
+
+
+@model_router.post("/{owner}/{name}/predictions", status_code=201, response_model=PredictionOut)
+def create_model_prediction(
+    owner: Annotated[str, Path(pattern=USERNAME_PATTERN)],
+    name: Annotated[str, Path(pattern=MODEL_NAME_PATTERN)],
+    body: PredictionRequest,
+    request: Request,
+    response: Response,
+    tx: TransactionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    cancel_after: CancelAfter = None,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
+) -> PredictionOut | Response:
+    """Run the model's latest version: the same as `POST /v1/predictions` with
+    `"model": "owner/name"`."""
+    create = PredictionCreate(model=f"{owner}/{name}", **body.model_dump())
+    return _create(
+        create, request, response, tx, user, settings, cancel_after, idempotency_key, prefer
+    )
+
+
+def _create(
+    body: PredictionCreate,
+    request: Request,
+    response: Response,
+    tx: Transaction,
+    user: User,
+    settings: ApiSettings,
+    cancel_after: str | None,
+    idempotency_key: str | None,
+    prefer: str | None,
+) -> PredictionOut | Response:
     wait_s = parse_prefer_wait(prefer)
     base_url = _base_url(request)
     prediction, replayed = predictions.create(

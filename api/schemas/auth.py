@@ -6,10 +6,12 @@ from pydantic import Field
 
 from api.schemas.base import RequestBody, ResponseBody
 
+USERNAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,37}[a-z0-9])?$"
+
 
 class RegisterRequest(RequestBody):
     username: str = Field(
-        pattern=r"^[a-z0-9](?:[a-z0-9-]{0,37}[a-z0-9])?$",
+        pattern=USERNAME_PATTERN,
         description="Lowercase letters, digits and inner hyphens; 1-39 characters.",
     )
     password: str = Field(min_length=8, max_length=256)

@@ -10,13 +10,9 @@ from db.ids import ID_PATTERN
 from db.tables import ALL_EVENTS, WebhookEvent
 
 
-class PredictionCreate(RequestBody):
-    version: str | None = Field(default=None, pattern=ID_PATTERN, description="A version id.")
-    model: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$",
-        description="`owner/name`: runs the model's latest version.",
-    )
+class PredictionRequest(RequestBody):
+    """What to run a model on: the body of `POST /v1/models/{owner}/{name}/predictions`."""
+
     input: dict[str, Any] = Field(description="Validated against the version's input schema.")
     webhook: str | None = Field(
         default=None,
@@ -42,6 +38,15 @@ class PredictionCreate(RequestBody):
         if events is not None and "webhook" in info.data and info.data["webhook"] is None:
             raise ValueError("give a webhook to send these events to")
         return None if events is None else [e for e in ALL_EVENTS if e in events]
+
+
+class PredictionCreate(PredictionRequest):
+    version: str | None = Field(default=None, pattern=ID_PATTERN, description="A version id.")
+    model: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$",
+        description="`owner/name`: runs the model's latest version.",
+    )
 
     @model_validator(mode="after")
     def version_xor_model(self) -> "PredictionCreate":

@@ -33,8 +33,7 @@ def admin(client: TestClient) -> dict[str, str]:
     return register_admin(client)
 
 
-@pytest.fixture(scope="module")
-def model(client: TestClient, admin: dict[str, str]) -> str:
+def new_model(client: TestClient, admin: dict[str, str]) -> str:
     """`owner/name` of a new model with one version (VERSION)."""
     name = new_username()
     response = client.post("/v1/models", json={"name": name}, headers=admin)
@@ -43,6 +42,11 @@ def model(client: TestClient, admin: dict[str, str]) -> str:
     response = client.post(f"/v1/models/{ref}/versions", json=VERSION, headers=admin)
     assert response.status_code == 201, response.text
     return ref
+
+
+@pytest.fixture(scope="module")
+def model(client: TestClient, admin: dict[str, str]) -> str:
+    return new_model(client, admin)
 
 
 def test_a_new_version_is_listed_fetched_and_becomes_the_latest(
@@ -145,3 +149,35 @@ def test_defaults_are_filled_in_and_stored(
     assert response.json()["input"] == stored
     again = client.get(f"/v1/predictions/{response.json()['id']}", headers=auth)
     assert again.json()["input"] == stored
+
+
+def test_a_model_runs_its_latest_version_by_its_own_url(
+    client: TestClient, admin: dict[str, str], auth: dict[str, str]
+) -> None:
+    model = new_model(client, admin)
+    strict = SCHEMA | {"properties": SCHEMA["properties"] | {"lang": {"type": "string"}},
+                       "required": ["text", "lang"]}  # fmt: skip
+    response = client.post(
+        f"/v1/models/{model}/versions", json=VERSION | {"input_schema": strict}, headers=admin
+    )
+    latest = response.json()["id"]
+    response = client.post(
+        f"/v1/models/{model}/predictions",
+        json={"input": {"text": "hi", "lang": "en"}},
+        headers=auth | {"Cancel-After": "5m"},
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["version"] == latest and created["model"] == model
+    assert created["deadline"] is not None
+    missing = client.post(f"/v1/models/{model}/predictions", json={"input": {"text": "hi"}},
+                          headers=auth)  # fmt: skip
+    assert_problem(missing, 422, "input.lang")  # the latest version's schema applies
+    assert_problem(
+        client.post(f"/v1/models/{model}/predictions",
+                    json={"input": {"text": "hi"}, "version": latest}, headers=auth),
+        422, "version",
+    )  # fmt: skip
+    unknown = client.post("/v1/models/nobody/nothing/predictions", json={"input": {}},
+                          headers=auth)  # fmt: skip
+    assert_problem(unknown, 422, "model")
