@@ -10,10 +10,12 @@ from api.middleware import BodySizeLimit, request_id_middleware
 from api.routes import account, auth, files, health, models, predictions, tokens, webhooks
 from api.settings import get_api_settings
 from db.log_format import configure_logging
+from db.webhook_guard import get_guard_settings
 
 
 def create_app() -> FastAPI:
     settings = get_api_settings()  # refuses to start on bad settings (the default secret...)
+    get_guard_settings()  # a bad QUERN_WEBHOOK_ALLOWED_NETWORKS too, not a 500 per webhook
     configure_logging(logging.INFO)  # JSON lines (QUERN_LOG_FORMAT), uvicorn's included
     app = FastAPI(
         title="Quern",

@@ -13,9 +13,10 @@ The deny list is explicit, not `ipaddress`'s `is_global` alone: that classificat
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as ResolveTimeout
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
@@ -131,7 +132,12 @@ def refusal(address: Address, allowed: Sequence[Network] = ()) -> str | None:
     return None
 
 
-_resolver_threads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
+# getaddrinfo cannot be interrupted: a lookup that times out keeps its thread until the resolver
+# gives up (10-30 s). So each lookup runs on its own thread, never queued behind another (a shared
+# pool would let one slowly resolving name starve every other check); this only bounds how many
+# may be stuck at once.
+MAX_LOOKUPS = 64
+_lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
 
 
 def check(
@@ -169,10 +175,9 @@ def _resolve(host: str, port: int, resolve: Resolver, timeout_s: float) -> list[
         return [ipaddress.ip_address(host)]  # a literal address: nothing to resolve
     except ValueError:
         pass
-    lookup = _resolver_threads.submit(resolve, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = lookup.result(timeout=timeout_s)
-    except ResolveTimeout:
+        infos = _lookup(resolve, host, port, timeout_s)
+    except TimeoutError:
         raise RefusedUrl(f"{host} did not resolve within {timeout_s:g}s") from None
     except (OSError, UnicodeError) as exc:
         raise RefusedUrl(f"{host} does not resolve ({exc})") from None
@@ -180,3 +185,28 @@ def _resolve(host: str, port: int, resolve: Resolver, timeout_s: float) -> list[
     if not addresses:
         raise RefusedUrl(f"{host} does not resolve")
     return list(dict.fromkeys(addresses))
+
+
+def _lookup(resolve: Resolver, host: str, port: int, timeout_s: float) -> list[tuple[Any, ...]]:
+    """`resolve(host, port)` on a thread of its own, or TimeoutError after `timeout_s` (waiting
+    for a free slot included). A timed-out lookup's thread finishes on its own, then frees its
+    slot."""
+    deadline = time.monotonic() + timeout_s
+    if not _lookups.acquire(timeout=timeout_s):
+        raise TimeoutError
+    lookup: Future[list[tuple[Any, ...]]] = Future()
+
+    def run() -> None:
+        try:
+            lookup.set_result(resolve(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:
+            lookup.set_exception(exc)
+        finally:
+            _lookups.release()
+
+    try:
+        threading.Thread(target=run, name="webhook-dns", daemon=True).start()
+    except BaseException:
+        _lookups.release()
+        raise
+    return lookup.result(timeout=max(deadline - time.monotonic(), 0))

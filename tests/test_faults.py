@@ -123,6 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         QUERN_WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32",
         QUERN_WORKER_WEBHOOK_TIMEOUT_S="2",
         QUERN_WORKER_WEBHOOK_LEASE_S="3",
+        QUERN_WORKER_WEBHOOK_RETRY_BASE_S="0.5",
         QUERN_WORKER_WEBHOOK_DISPATCH_INTERVAL_S="0.5",
     )
     faults = FaultStack(state, env, free_port())

@@ -157,7 +157,8 @@ def _run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
     except Exception as exc:
         if not isinstance(exc, READABLE):
             log.exception("could not load version %s", version.id)
-        outcomes = [Outcome(error=describe(exc))] * len(claims)
+        # Out of memory even with the device to itself: worth another attempt later.
+        outcomes = [Outcome(error=describe(exc), transient=is_out_of_memory(exc))] * len(claims)
     else:
         if just_loaded:
             notes.append(f"Loaded {version.model_type} model in {loaded.load_seconds:.2f}s")

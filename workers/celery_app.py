@@ -14,6 +14,7 @@ from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_ready
 
 from db import log_format
+from db.webhook_guard import get_guard_settings
 from workers import kombu_fixes
 from workers.settings import get_worker_settings
 
@@ -30,6 +31,7 @@ def prediction_queue(hardware: str) -> str:
 
 
 settings = get_worker_settings()
+get_guard_settings()  # a bad QUERN_WEBHOOK_ALLOWED_NETWORKS stops the worker now, not each delivery
 kombu_fixes.survive_broker_reconnects()
 
 assert settings.task_time_limit_s < settings.broker_visibility_timeout_s

@@ -4,7 +4,9 @@ A model is keyed by what it loads (type, class, weights, device), not by version
 that differ only in batching limits share one copy. Sizes are measured after loading (the
 parameters and buffers of the torch modules a predictor holds, or its own `memory_bytes()`);
 when the total exceeds the device's budget, the least recently used other models are dropped.
-A batch still running on a dropped model keeps it alive until it ends.
+A batch still running on a dropped model keeps it alive until it ends. A model seen before
+makes room before it loads again (its size is remembered); one that runs out of memory while
+loading makes room by dropping every other model on its device, then tries once more.
 """
 
 import gc
@@ -17,6 +19,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from models.base import is_out_of_memory
 from workers import metrics
 
 log = logging.getLogger(__name__)
@@ -68,19 +71,36 @@ class ModelCache:
     def __init__(self, budget_bytes: Callable[[str], int]) -> None:
         self._budget_bytes = budget_bytes
         self._models: OrderedDict[Hashable, CachedModel] = OrderedDict()
-        self._lock = threading.Lock()
+        self._sizes: dict[Hashable, int] = {}  # of every model loaded once, evicted or not
+        self._devices: set[str] = set()
+        self._lock = threading.RLock()  # keys() may be asked from inside a load
 
-    def get(self, key: Hashable, load: Callable[[], CachedModel]) -> tuple[CachedModel, bool]:
-        """The model under `key`, loading it if absent; True when this call loaded it.
-        Loads one at a time: two loads at once would need both in memory before either fits."""
+    def get(
+        self, key: Hashable, device: str, load: Callable[[], CachedModel]
+    ) -> tuple[CachedModel, bool]:
+        """The model under `key`, loading it onto `device` if absent; True when this call
+        loaded it. Loads one at a time: two at once would need both in memory before either
+        fits (so a load also holds up batches of models already loaded: seconds, once)."""
         with self._lock:
             cached = self._models.get(key)
             if cached is not None:
                 self._models.move_to_end(key)
                 return cached, False
-            cached = load()
+            self._make_room(device, self._sizes.get(key, 0))
+            try:
+                cached = load()
+            except Exception as exc:
+                if not is_out_of_memory(exc) or not self._on(device):
+                    raise
+                log.warning(
+                    "out of memory loading %s; dropping the other models on %s", key, device
+                )
+                self._make_room(device, self._budget_bytes(device))
+                cached = load()
             self._models[key] = cached
-            self._evict_beyond_budget(cached.device, keep=key)
+            self._sizes[key] = cached.size_bytes
+            self._devices.add(device)
+            self._make_room(device, 0, keep=key)
             self._observe()
             return cached, True
 
@@ -89,12 +109,18 @@ class ModelCache:
         with self._lock:
             return list(self._models)
 
-    def _evict_beyond_budget(self, device: str, keep: Hashable) -> None:
-        budget = self._budget_bytes(device)
-        on_device = [key for key, model in self._models.items() if model.device == device]
+    def _on(self, device: str) -> list[Hashable]:
+        """Keys of the models held on `device`, least recently used first."""
+        return [key for key, model in self._models.items() if model.device == device]
+
+    def _make_room(self, device: str, needed: int, keep: Hashable = None) -> None:
+        """Drop the least recently used models on `device` (but `keep`) until `needed` more
+        bytes fit in its budget."""
+        budget = self._budget_bytes(device) - needed
+        on_device = self._on(device)
         total = sum(self._models[key].size_bytes for key in on_device)
         evicted = False
-        for key in on_device:  # least recently used first
+        for key in on_device:
             if total <= budget:
                 break
             if key == keep:
@@ -118,7 +144,7 @@ class ModelCache:
                 torch.cuda.empty_cache()
 
     def _observe(self) -> None:
-        held: dict[str, int] = {}
+        held = dict.fromkeys(self._devices, 0)
         for model in self._models.values():
             held[model.device] = held.get(model.device, 0) + model.size_bytes
         for device, size in held.items():

@@ -91,4 +91,4 @@ def get_predictor(version: ModelVersion) -> tuple[CachedModel, bool]:
         )  # fmt: skip
         return CachedModel(predictor, seconds, size, device)
 
-    return _cache.get(key, load)
+    return _cache.get(key, device, load)

@@ -3,10 +3,10 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator, SchemaError
 from pydantic import Field, field_validator, model_validator
 
 from api.schemas.base import RequestBody, ResponseBody
+from api.services.inputs import check_input_schema
 from models.registry import CLASS_PATH_PATTERN, CUSTOM, MODEL_TYPES
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
@@ -53,21 +53,7 @@ class VersionCreate(RequestBody):
     @field_validator("input_schema")
     @classmethod
     def valid_object_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            where = "/".join(str(part) for part in exc.absolute_path) or "the top level"
-            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message[:200]}") from None
-        if schema.get("type") != "object":
-            raise ValueError('must describe an object: "type": "object"')
-        properties = schema.get("properties", {})
-        for name, prop in properties.items():
-            if isinstance(prop, dict) and "default" in prop:
-                errors = list(Draft202012Validator(prop).iter_errors(prop["default"]))
-                if errors:
-                    raise ValueError(
-                        f"the default of {name!r} is invalid: {errors[0].message[:200]}"
-                    )
+        check_input_schema(schema)
         return schema
 
     @model_validator(mode="after")

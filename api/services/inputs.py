@@ -2,10 +2,62 @@
 
 from typing import Any
 
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import Draft202012Validator, SchemaError, ValidationError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from api.errors import Unprocessable, summarize
 from db.storable import unstorable
+
+# No retrieval: a `$ref` to a URL must never make the API fetch it (SSRF, and a request that
+# hangs on someone else's server). Only references inside the schema itself resolve.
+_LOCAL_ONLY = Registry()
+
+
+def input_validator(schema: dict[str, Any]) -> Draft202012Validator:
+    return Draft202012Validator(schema, registry=_LOCAL_ONLY)
+
+
+def check_input_schema(schema: dict[str, Any]) -> None:
+    """ValueError (a 422 naming `input_schema`) unless `schema` is a JSON Schema of an object
+    whose references are its own and whose defaults it accepts."""
+    problems = unstorable(schema, "input_schema")
+    if problems:
+        raise ValueError(f"{problems[0][0]}: {problems[0][1]}")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(part) for part in exc.absolute_path) or "the top level"
+        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message[:200]}") from None
+    if schema.get("type") != "object":
+        raise ValueError('must describe an object: "type": "object"')
+    resolver = _LOCAL_ONLY.with_resource("", DRAFT202012.create_resource(schema)).resolver()
+    for ref in _references(schema):
+        if not ref.startswith("#"):
+            raise ValueError(f"$ref {ref[:100]!r} points outside the schema; use #/$defs/...")
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            raise ValueError(f"$ref {ref[:100]!r} names nothing in the schema") from None
+    validator = input_validator(schema)
+    for name, prop in schema.get("properties", {}).items():
+        if isinstance(prop, dict) and "default" in prop:
+            # Within the whole schema, so that a default beside a local $ref resolves.
+            error = next(validator.descend(prop["default"], prop), None)
+            if error is not None:
+                raise ValueError(f"the default of {name!r} is invalid: {error.message[:200]}")
+
+
+def _references(schema: Any) -> list[str]:
+    if isinstance(schema, dict):
+        found = [
+            v for k, v in schema.items() if k in ("$ref", "$dynamicRef") and isinstance(v, str)
+        ]
+        return found + [ref for value in schema.values() for ref in _references(value)]
+    if isinstance(schema, list):
+        return [ref for item in schema for ref in _references(item)]
+    return []
 
 
 def _path(error: ValidationError) -> str:
@@ -56,7 +108,7 @@ def validate_input(
             if name not in filled and isinstance(prop, dict) and "default" in prop:
                 filled[name] = prop["default"]
         errors = sorted(
-            Draft202012Validator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path)
+            input_validator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path)
         )
         invalid = [item for error in errors for item in _describe(error)]
     if invalid:

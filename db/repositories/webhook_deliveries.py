@@ -5,6 +5,7 @@
 only by conditional UPDATEs, so a duplicate message or a late worker is a no-op.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -14,7 +15,6 @@ from sqlalchemy import (
     Table,
     any_,
     bindparam,
-    case,
     func,
     insert,
     literal,
@@ -272,32 +272,42 @@ def record_attempt(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def take_back_lost(session: Session, *, max_attempts: int) -> list[tuple[str, str]]:
-    """Deliveries whose worker died mid-attempt (the lease ran out): due again at once, or
-    failed if that was the last attempt. Returns (event, new status) of each."""
-    last = WebhookDelivery.attempts >= max_attempts
-    rows = session.execute(
-        update(WebhookDelivery)
+def take_back_lost(
+    session: Session, *, retry_in_s: Callable[[int, datetime], float | None]
+) -> list[tuple[str, str]]:
+    """Deliveries whose worker died mid-attempt (the lease ran out). The lost attempt counts
+    like a failed one: `retry_in_s(attempt, created_at)` (the workers' retry schedule) says
+    when the next is due, or None: failed. Never due at once, so a receiver whose answer
+    kills the worker is not called again every lease. Returns (event, new status) of each."""
+    lost = session.execute(
+        select(
+            WebhookDelivery.id,
+            WebhookDelivery.event,
+            WebhookDelivery.attempts,
+            WebhookDelivery.created_at,
+        )
         .where(
             WebhookDelivery.status == DeliveryStatus.DELIVERING,
             WebhookDelivery.lease_expires_at < func.now(),
         )
-        .values(
-            status=case((last, DeliveryStatus.FAILED), else_=DeliveryStatus.PENDING),
-            completed_at=case((last, func.now()), else_=None),
-            next_attempt_at=func.now(),
-            lease_expires_at=None,
-            last_status_code=None,
-            last_error=LOST,
-        )
-        .returning(
-            WebhookDelivery.id,
-            WebhookDelivery.attempts,
-            WebhookDelivery.event,
-            WebhookDelivery.status,
-        )
+        .with_for_update(skip_locked=True)
     ).all()
-    for row in rows:
+    taken_back = []
+    for row in lost:
+        wait_s = retry_in_s(row.attempts, row.created_at)
+        values: dict[str, Any] = {
+            "lease_expires_at": None,
+            "last_status_code": None,
+            "last_error": LOST,
+        }
+        if wait_s is None:
+            values.update(status=DeliveryStatus.FAILED, completed_at=func.now())
+        else:
+            values.update(
+                status=DeliveryStatus.PENDING, next_attempt_at=func.now() + _interval(wait_s)
+            )
+        # The row is locked (FOR UPDATE): a late record_attempt waits, then finds it taken back.
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(values))
         session.execute(
             update(WebhookAttempt)
             .where(
@@ -308,7 +318,8 @@ def take_back_lost(session: Session, *, max_attempts: int) -> list[tuple[str, st
             )
             .values(error=LOST)
         )
-    return [(row.event, row.status) for row in rows]
+        taken_back.append((row.event, str(values["status"])))
+    return taken_back
 
 
 def forget_lost_messages(session: Session, *, older_than_s: float) -> int:

@@ -181,3 +181,39 @@ def test_a_model_runs_its_latest_version_by_its_own_url(
     unknown = client.post("/v1/models/nobody/nothing/predictions", json={"input": {}},
                           headers=auth)  # fmt: skip
     assert_problem(unknown, 422, "model")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"x": {"$ref": "http://127.0.0.1:9/latest/meta-data"}}},
+        {"type": "object", "properties": {"x": {"$ref": "file:///etc/passwd"}}},
+        {"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}},
+        {"type": "object", "properties": {"x": {"type": "string", "default": "a\u0000b"}}},
+        {"type": "object", "properties": {"x": {"type": "string", "pattern": "^\\p{L}$"}}},
+    ],
+)
+def test_schemas_that_reach_outside_or_cannot_be_stored_are_422(
+    client: TestClient, admin: dict[str, str], model: str, schema: dict[str, Any]
+) -> None:
+    """A remote $ref would make the API fetch a URL for every prediction (SSRF)."""
+    response = client.post(
+        f"/v1/models/{model}/versions", json=VERSION | {"input_schema": schema}, headers=admin
+    )
+    assert_problem(response, 422, "input_schema")
+
+
+def test_a_local_ref_resolves_for_defaults_and_inputs(
+    client: TestClient, admin: dict[str, str], auth: dict[str, str]
+) -> None:
+    model = new_model(client, admin)
+    schema = {"type": "object", "$defs": {"n": {"type": "integer", "maximum": 5}},
+              "properties": {"x": {"$ref": "#/$defs/n", "default": 1}}}  # fmt: skip
+    response = client.post(
+        f"/v1/models/{model}/versions", json=VERSION | {"input_schema": schema}, headers=admin
+    )
+    assert response.status_code == 201, response.text
+    bad = client.post("/v1/predictions", json={"model": model, "input": {"x": 6}}, headers=auth)
+    assert_problem(bad, 422, "input.x")
+    good = client.post("/v1/predictions", json={"model": model, "input": {}}, headers=auth)
+    assert good.status_code == 201 and good.json()["input"] == {"x": 1}

@@ -2,6 +2,7 @@
 
 import ipaddress
 import socket
+import threading
 import time
 from typing import Any
 
@@ -114,3 +115,51 @@ def test_a_resolver_that_hangs_is_given_up_on_quickly() -> None:
     with pytest.raises(RefusedUrl, match=r"did not resolve within 0\.2s"):
         check("http://slow.example/", allowed=[], resolve=hangs, timeout_s=0.2)
     assert time.monotonic() - started < 1
+
+
+def test_names_that_hang_do_not_delay_the_check_of_another_name() -> None:
+    """Timed-out lookups keep their threads until the resolver returns; they must not hold
+    up other checks (with a shared pool of threads, a few of them blocked every other one)."""
+    release = threading.Event()
+    answers = resolver({"fast.example": ["93.184.215.14"]})
+
+    def resolve(host: str, port: int, **kwargs: Any) -> Any:
+        if host == "slow.example":
+            release.wait(30)
+        return answers(host, port, **kwargs)
+
+    refused: list[str] = []
+
+    def slow_check() -> None:
+        try:
+            check("http://slow.example/", allowed=[], resolve=resolve, timeout_s=0.2)
+        except RefusedUrl as exc:
+            refused.append(str(exc))
+
+    try:
+        slow = [threading.Thread(target=slow_check) for _ in range(20)]
+        for thread in slow:
+            thread.start()
+        for thread in slow:
+            thread.join()
+        # All have given up, their lookups still hanging.
+        assert refused == ["slow.example did not resolve within 0.2s"] * 20
+        started = time.monotonic()
+        target = check("http://fast.example/", allowed=[], resolve=resolve, timeout_s=2)
+        assert target.address == "93.184.215.14"
+        assert time.monotonic() - started < 0.5
+    finally:
+        release.set()
+
+
+def test_a_mistyped_allowlist_stops_the_process_at_start() -> None:
+    """`10.0.0.5/8` names a host, not a network: refused when the settings load (the API and
+    workers load them at start), never a 500 on each webhook."""
+    import subprocess
+    import sys
+
+    env = {"QUERN_WEBHOOK_ALLOWED_NETWORKS": "10.0.0.5/8", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import workers.celery_app"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "has host bits set" in result.stderr

@@ -5,7 +5,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 
 from db.prediction_object import from_snapshot, prediction_object, to_json
 from db.repositories import predictions, users, webhook_deliveries
@@ -14,6 +15,8 @@ from db.session import session_scope
 from db.tables import DeliveryStatus, Prediction, PredictionStatus, WebhookDelivery
 from tests.conftest import DATABASE_URL
 from tests.helpers import create_version, new_username
+from workers.settings import get_worker_settings
+from workers.webhooks import dispatcher
 
 HOOK = "https://hooks.example/quern"
 ALL = ["start", "output", "logs", "completed"]
@@ -149,7 +152,7 @@ def test_a_delivery_is_claimed_once_and_a_lapsed_lease_gives_it_back_with_the_at
     time.sleep(0.1)
     with session_scope() as session:
         assert ("completed", "pending") in webhook_deliveries.take_back_lost(
-            session, max_attempts=5
+            session, retry_in_s=lambda attempt, created_at: 0.0
         )
     with session_scope() as session:  # the lost worker comes back: its outcome changes nothing
         assert not webhook_deliveries.record_attempt(
@@ -166,3 +169,37 @@ def test_a_delivery_is_claimed_once_and_a_lapsed_lease_gives_it_back_with_the_at
         )
     assert log.delivery.status == "pending" and log.delivery.attempts == 1
     assert [(a.number, a.status_code) for a in log.attempts] == [(1, 200)]  # what really happened
+
+
+def test_a_lost_attempt_counts_and_waits_out_the_usual_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Taken back by the dispatcher, a lost attempt is retried after the schedule's backoff,
+    never at once (a receiver whose answer kills the worker would be called every lease), and
+    the last one fails the delivery."""
+    settings = get_worker_settings()
+    monkeypatch.setattr(settings, "webhook_retry_base_s", 60.0)
+    monkeypatch.setattr(settings, "webhook_max_attempts", 2)
+    prediction_id = create(["completed"])
+    finish(prediction_id, PredictionStatus.SUCCEEDED, output="ok")
+    (delivery,) = deliveries(prediction_id)
+
+    def lose_an_attempt(number: int) -> None:
+        with session_scope() as session:
+            claim = webhook_deliveries.claim(session, id=delivery.id, lease_s=0.05)
+            assert claim is not None and claim.attempt == number
+        time.sleep(0.1)
+        dispatcher.recover()
+
+    lose_an_attempt(1)
+    with session_scope() as session:
+        row = session.get_one(WebhookDelivery, delivery.id)
+        wait_s = session.scalar(select(func.extract("epoch", row.next_attempt_at - func.now())))
+        assert (row.status, row.last_error) == ("pending", webhook_deliveries.LOST)
+        assert 44 <= float(wait_s) <= 60  # retry_delay(1, 60 s): between 45 and 60 s
+        assert webhook_deliveries.claim(session, id=delivery.id, lease_s=60) is None  # not due
+        row.next_attempt_at = func.now()  # the backoff has passed
+    lose_an_attempt(2)
+    with session_scope() as session:
+        row = session.get_one(WebhookDelivery, delivery.id)
+        assert (row.status, row.attempts, row.completed_at is not None) == ("failed", 2, True)

@@ -25,7 +25,7 @@ def test_the_least_recently_used_model_goes_when_the_budget_is_exceeded() -> Non
     loads: list[str] = []
 
     def get(key: str, size: int) -> bool:
-        return cache.get(key, lambda: loads.append(key) or fake(size))[1]
+        return cache.get(key, "cpu", lambda: loads.append(key) or fake(size))[1]
 
     assert get("a", 40) and get("b", 40)
     assert not get("a", 40)  # a is now the most recently used
@@ -37,16 +37,49 @@ def test_the_least_recently_used_model_goes_when_the_budget_is_exceeded() -> Non
 
 def test_a_model_bigger_than_the_budget_is_still_served_alone() -> None:
     cache = ModelCache(lambda device: 100)
-    cache.get("small", lambda: fake(10))
-    cache.get("huge", lambda: fake(500))
+    cache.get("small", "cpu", lambda: fake(10))
+    cache.get("huge", "cpu", lambda: fake(500))
     assert cache.keys() == ["huge"]
 
 
 def test_each_device_has_its_own_budget() -> None:
     cache = ModelCache(lambda device: 100)
-    cache.get("cpu", lambda: fake(90, "cpu"))
-    cache.get("gpu", lambda: fake(90, "cuda"))
+    cache.get("cpu", "cpu", lambda: fake(90, "cpu"))
+    cache.get("gpu", "cuda", lambda: fake(90, "cuda"))
     assert cache.keys() == ["cpu", "gpu"]
+
+
+def test_a_model_seen_before_makes_room_before_it_loads_again() -> None:
+    cache = ModelCache(lambda device: 100)
+    held_at_load: list[list[object]] = []
+
+    def load(size: int) -> CachedModel:
+        held_at_load.append(cache.keys())
+        return fake(size)
+
+    cache.get("a", "cpu", lambda: load(60))
+    cache.get("b", "cpu", lambda: load(60))  # evicts a after loading: a's size was unknown
+    cache.get("a", "cpu", lambda: load(60))  # a is known: b goes before a loads
+    assert held_at_load == [[], ["a"], []] and cache.keys() == ["a"]
+
+
+def test_out_of_memory_while_loading_drops_the_others_and_tries_again() -> None:
+    cache = ModelCache(lambda device: 1000)
+    cache.get("a", "cuda", lambda: fake(10, "cuda"))
+    cache.get("cpu", "cpu", lambda: fake(10, "cpu"))
+    tries = []
+
+    def load() -> CachedModel:
+        tries.append(cache.keys())
+        if "a" in cache.keys():  # noqa: SIM118 - the cache's own method
+            raise MemoryError("no room while a is held")
+        return fake(10, "cuda")
+
+    cache.get("b", "cuda", load)
+    assert tries == [["a", "cpu"], ["cpu"]] and cache.keys() == ["cpu", "b"]
+    with pytest.raises(ValueError):  # other failures are not memory: no second try
+        cache.get("c", "cuda", lambda: (_ for _ in ()).throw(ValueError("broken")))
+    assert cache.keys() == ["cpu", "b"]
 
 
 def test_tensor_bytes_counts_parameters_and_buffers_once() -> None:

@@ -10,16 +10,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
+from db.repositories import predictions, users, webhook_deliveries
+from db.repositories.predictions import UNFINISHED
 from db.repositories.webhook_deliveries import DeliveryClaim
 from db.repositories.webhook_secrets import new_secret
-from db.tables import DeliveryStatus
+from db.session import session_scope
+from db.tables import DeliveryStatus, PredictionStatus, WebhookDelivery
 from db.webhook_guard import get_guard_settings
+from tests.helpers import create_version, new_username
 from tests.webhook_receiver import Answer, Receiver, receiving
-from workers.settings import WorkerSettings
+from workers.settings import WorkerSettings, get_worker_settings
 from workers.webhooks import sending
-from workers.webhooks.delivery import next_step, retry_delay
+from workers.webhooks.delivery import deliver, next_step, retry_delay
 
 BODY = json.dumps({"id": "p1", "status": "succeeded", "output": "héllo"}, ensure_ascii=False)
 
@@ -100,6 +105,62 @@ def test_retry_after_of_a_429_is_read(receiver: Receiver) -> None:
     assert sending.send(url, BODY, {}, 5).retry_after_s == 7.0
 
 
+def utf8(text: str) -> str:
+    """`text` as its UTF-8 bytes on the wire (http.server writes header values in Latin-1)."""
+    return text.encode().decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["²", utf8("²"), utf8("٣"), "1.5", "-3", "soon", "Wed, 21 Oct 99999 07:28:00 GMT", ""],
+)
+def test_a_retry_after_that_is_neither_digits_nor_a_date_is_ignored(
+    receiver: Receiver, value: str
+) -> None:
+    """ "²" and "٣" pass str.isdigit(); float("²") raises, float("٣") is 3.0."""
+    url = receiver.script("/odd", Answer(503, {"retry-after": value}))
+    result = sending.send(url, BODY, {}, 5)
+    assert (result.status_code, result.retry_after_s) == (503, None)
+
+
+def test_an_attempt_with_a_garbage_retry_after_is_recorded_and_retried_later(
+    receiver: Receiver,
+) -> None:
+    url = receiver.script("/odd", Answer(503, {"retry-after": utf8("²")}))
+    with session_scope() as session:
+        owner = users.create(session, username=new_username(), password_hash=None)
+        prediction_id = predictions.create(
+            session,
+            owner_id=owner.id,
+            version_id=create_version(max_batch_size=1, max_batch_wait_ms=0),
+            input={"text": "x"},
+            webhook=url,
+            webhook_events_filter=["completed"],
+        ).id
+    with session_scope() as session:
+        assert predictions.update_status(
+            session, id=prediction_id, from_statuses=UNFINISHED, status=PredictionStatus.CANCELED
+        )
+    with session_scope() as session:
+        (delivery_id,) = session.scalars(
+            select(WebhookDelivery.id).where(WebhookDelivery.prediction_id == prediction_id)
+        )
+    deliver(delivery_id)
+    with session_scope() as session:
+        (log,) = webhook_deliveries.list_for_prediction(
+            session, prediction_id=prediction_id, limit=10
+        )
+        wait_s = session.scalar(
+            select(func.extract("epoch", WebhookDelivery.next_attempt_at - func.now())).where(
+                WebhookDelivery.id == delivery_id
+            )
+        )
+    assert (log.delivery.status, log.delivery.attempts) == ("pending", 1)
+    assert [(a.number, a.status_code) for a in log.attempts] == [(1, 503)]
+    base_s = get_worker_settings().webhook_retry_base_s
+    assert wait_s is not None and 0.7 * base_s <= float(wait_s) <= base_s
+
+
 def claim(attempt: int, age_s: float = 0) -> DeliveryClaim:
     created = datetime.now(UTC) - timedelta(seconds=age_s)
     return DeliveryClaim("d", "completed", "u", {}, None, attempt, created, "o", "m/n")
@@ -121,6 +182,9 @@ def test_what_follows_an_attempt() -> None:
         assert status == DeliveryStatus.PENDING and wait is not None and 15 <= wait <= 20
     assert next_step(claim(1), result(429, 40), settings) == (DeliveryStatus.PENDING, 40)
     assert next_step(claim(1), result(429, 9999), settings) == (DeliveryStatus.PENDING, 100)
+    for retry_after_s in (0, 1, 15):  # a minimum: it never shortens the backoff
+        status, wait = next_step(claim(2), result(503, retry_after_s), settings)
+        assert status == DeliveryStatus.PENDING and wait is not None and 15 <= wait <= 20
     assert next_step(claim(4), result(500), settings) == (DeliveryStatus.FAILED, None)
     assert next_step(claim(1, age_s=3601), result(500), settings) == (DeliveryStatus.FAILED, None)
     _, wait = next_step(claim(1, age_s=3599), result(500), settings)

@@ -2,9 +2,9 @@
 
 No database connection is held while the receiver is being called. The outcome: 2xx
 succeeded; 410 stopped (never retried); anything else, or no answer, is retried later with
-exponential backoff and jitter (a 429's or 503's Retry-After honoured), until the attempts or
-the horizon run out (failed). Retries wait in PostgreSQL (`next_attempt_at`), never in a
-Redis ETA message; the dispatcher publishes them when due.
+exponential backoff and jitter (a 429's or 503's Retry-After may lengthen the wait), until the
+attempts or the horizon run out (failed). Retries wait in PostgreSQL (`next_attempt_at`),
+never in a Redis ETA message; the dispatcher publishes them when due.
 """
 
 import logging
@@ -73,18 +73,31 @@ def next_step(
         return DeliveryStatus.SUCCEEDED, None
     if result.status_code == 410:
         return DeliveryStatus.STOPPED, None
-    horizon_left_s = (
-        settings.webhook_retry_horizon_s - (datetime.now(UTC) - claim.created_at).total_seconds()
-    )
-    if claim.attempt >= settings.webhook_max_attempts or horizon_left_s <= 0:
+    wait_s = retry_wait(claim.attempt, claim.created_at, settings, result.retry_after_s)
+    if wait_s is None:
         return DeliveryStatus.FAILED, None
-    if result.retry_after_s is not None:
-        wait_s = min(result.retry_after_s, settings.webhook_retry_cap_s)
-    else:
-        wait_s = retry_delay(
-            claim.attempt, settings.webhook_retry_base_s, settings.webhook_retry_cap_s
-        )
-    return DeliveryStatus.PENDING, min(wait_s, horizon_left_s)
+    return DeliveryStatus.PENDING, wait_s
+
+
+def retry_wait(
+    attempt: int, created_at: datetime, settings: WorkerSettings, retry_after_s: float | None = None
+) -> float | None:
+    """The wait after failed attempt `attempt` of a delivery created at `created_at`, or None
+    if it may have no other (out of attempts, or past the horizon). The one retry schedule: the
+    dispatcher uses it too, for an attempt lost with its worker.
+
+    Retry-After only lengthens the backoff, up to the cap: were it to replace it, a receiver
+    answering `Retry-After: 0` would use up every attempt within seconds."""
+    horizon_left_s = (
+        settings.webhook_retry_horizon_s - (datetime.now(UTC) - created_at).total_seconds()
+    )
+    if attempt >= settings.webhook_max_attempts or horizon_left_s <= 0:
+        return None
+    cap_s = settings.webhook_retry_cap_s
+    wait_s = retry_delay(attempt, settings.webhook_retry_base_s, cap_s)
+    if retry_after_s is not None:
+        wait_s = min(cap_s, max(retry_after_s, wait_s))
+    return min(wait_s, horizon_left_s)
 
 
 def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:

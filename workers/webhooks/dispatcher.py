@@ -21,6 +21,7 @@ from db.settings import get_database_settings
 from workers import metrics
 from workers.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE, app
 from workers.settings import get_worker_settings
+from workers.webhooks import delivery
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,10 @@ def recover() -> None:
     settings = get_worker_settings()
     with session_scope() as session:
         lost = webhook_deliveries.take_back_lost(
-            session, max_attempts=settings.webhook_max_attempts
+            session,
+            retry_in_s=lambda attempt, created_at: delivery.retry_wait(
+                attempt, created_at, settings
+            ),
         )
         resent = webhook_deliveries.forget_lost_messages(
             session, older_than_s=settings.webhook_requeue_after_s

@@ -72,6 +72,9 @@ def send(
         target = webhook_guard.check(url, resolve=resolve, timeout_s=timeout_s)
         left_s = timeout_s - (time.perf_counter() - started)
         response, answer = asyncio.run(_post(target, body, headers, left_s))
+        code = response.status_code
+        # Inside the try: whatever the receiver sends, this is an attempt to record.
+        retry_after = _retry_after_s(response) if code in (429, 503) else None
     except webhook_guard.RefusedUrl as exc:
         return result(None, f"Refused: {exc}")
     except TimeoutError:
@@ -81,14 +84,12 @@ def send(
     except Exception as exc:  # still an attempt to log and retry, not a lost one
         log.exception("a webhook attempt failed unexpectedly")
         return result(None, f"Unexpected error: {type(exc).__name__}")
-    code = response.status_code
     if 200 <= code < 300:
         return result(code, None)
     if 300 <= code < 400:
         location = response.headers.get("location", "")[:500]
         return result(code, f"HTTP {code}: redirects are not followed (to {location!r})")
     shown = answer[:SHOWN_ANSWER_CHARS].decode(errors="replace").replace("\x00", "")
-    retry_after = _retry_after_s(response) if code in (429, 503) else None
     return result(code, f"HTTP {code}: {shown}".rstrip(": "), retry_after_s=retry_after)
 
 
@@ -123,11 +124,12 @@ async def _post(
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
-    """Retry-After in seconds (a number of seconds, or an HTTP date)."""
+    """Retry-After in seconds (ASCII digits, or an HTTP date); None for anything else. Never
+    raises: the receiver writes it. (str.isdigit() alone accepts "²", which float() refuses.)"""
     value = response.headers.get("retry-after", "").strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # TypeError: a date with no time zone
         return None
