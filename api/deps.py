@@ -107,14 +107,20 @@ def get_principal(
     return principal
 
 
-def get_current_user(principal: Annotated[Principal, Depends(get_principal)]) -> User:
+# async: no I/O, so no trip through the thread pool on every request.
+async def get_current_user(principal: Annotated[Principal, Depends(get_principal)]) -> User:
     return principal.user
 
 
-def get_admin(user: Annotated[User, Depends(get_current_user)]) -> User:
+async def get_admin(user: Annotated[User, Depends(get_current_user)]) -> User:
     if user.role != Role.ADMIN:
         raise Forbidden("Only administrators may do this")
     return user
+
+
+def owner_scope(user: User) -> str | None:
+    """Whose objects the user may see: their own, or everyone's for an admin."""
+    return None if user.role == Role.ADMIN else user.id
 
 
 def limit_auth_attempts(request: Request, settings: SettingsDep) -> None:
@@ -124,6 +130,5 @@ def limit_auth_attempts(request: Request, settings: SettingsDep) -> None:
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 AdminUser = Annotated[User, Depends(get_admin)]
 AuthAttempt = Depends(limit_auth_attempts)

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -83,9 +83,7 @@ class GuardSettings(BaseSettings):
 
     # Networks webhooks may reach although they are not public (a receiver on the private
     # network, a test's loopback receiver): comma-separated, e.g. "127.0.0.1/32,10.0.0.0/8".
-    allowed_networks: Annotated[list[Network], NoDecode] = Field(
-        default_factory=list, validation_alias=AliasChoices("QUERN_WEBHOOK_ALLOWED_NETWORKS")
-    )
+    allowed_networks: Annotated[list[Network], NoDecode] = Field(default_factory=list)
     # A name that takes longer to resolve is refused (an offline resolver must not hang a create).
     resolve_timeout_s: float = Field(default=2.0, gt=0)
 

@@ -24,7 +24,6 @@ class LiveStack:
     worker_log: Path
     worker_metrics: str
     api_pid: int
-    webhooks_log: Path
     webhooks_metrics: str
 
 
@@ -71,7 +70,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
                 logs / "worker.log",
                 f"http://127.0.0.1:{metrics_port}/metrics",
                 api.pid,
-                logs / "webhooks.log",
                 f"http://127.0.0.1:{webhooks_metrics_port}/metrics",
             )
     finally:

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.processes import wait_until
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -72,12 +74,8 @@ class Receiver:
             return [r for r in self.received if r.path.split("?")[0] == path]
 
     def wait_for(self, path: str, count: int, timeout: float) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(found := self.at(path)) >= count:
-                return found
-            time.sleep(0.05)
-        raise TimeoutError(f"{path}: {len(self.at(path))} of {count} webhooks in {timeout}s")
+        wait_until(lambda: len(self.at(path)) >= count, timeout, f"{count} webhooks at {path}")
+        return self.at(path)
 
 
 @contextmanager

@@ -21,7 +21,6 @@ from db import log_format
 from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope
-from db.storable import unstorable
 from db.tables import ModelVersion, PredictionStatus
 from models.base import PredictionError, Predictor, is_out_of_memory, output_sink, stop_check
 from models.registry import UnknownModelType
@@ -217,13 +216,7 @@ def _record_one(
     output = None
     if error is None:
         logs.append(f"Predicted in {outcome.predict_time:.3f}s (batch of {outcome.batch_size})")
-        stored, error = files.store(session, claim=claim, output=outcome.output)
-        bad_output = unstorable(stored, "output") if error is None else []
-        if bad_output:
-            path, reason = bad_output[0]
-            error = f"The model returned an unstorable value at {path}: {reason}"
-        elif error is None:
-            output = stored
+        output, error = files.store(session, claim=claim, output=outcome.output)
     if error is not None:
         error = error.replace("\x00", "\\0")  # a model's message may hold anything
     common: dict[str, Any] = {

@@ -57,10 +57,6 @@ def client() -> redis.Redis:
     )
 
 
-def publish(prediction_id: str, event: str, value: Any) -> bool:
-    return publish_many([(prediction_id, event, value)])
-
-
 def publish_many(events: list[Event]) -> bool:
     """Add every event to its prediction's stream, in order, in one round trip. False when
     they were dropped (Redis unreachable, or it was a moment ago)."""

@@ -24,7 +24,8 @@ CONTENT_TYPE = re.compile(
 
 
 def store(session: Session, *, claim: Claim, output: Any) -> tuple[Any, str | None]:
-    """(`output` with every FileOutput replaced by its URL, None), or (None, why not)."""
+    """(`output` with every FileOutput replaced by its URL, None), or (None, why it cannot be
+    stored: a bad file, too many bytes, or a value PostgreSQL refuses)."""
     settings = get_worker_settings()
     found: list[tuple[str, FileOutput]] = []
 
@@ -40,8 +41,6 @@ def store(session: Session, *, claim: Claim, output: Any) -> tuple[Any, str | No
         return value
 
     replaced = replace(output)
-    if not found:
-        return output, None
     bad_type = next(
         (f.content_type for _, f in found if not CONTENT_TYPE.fullmatch(f.content_type)), None
     )
@@ -51,8 +50,13 @@ def store(session: Session, *, claim: Claim, output: Any) -> tuple[Any, str | No
     if total > settings.max_output_file_bytes:
         limit = settings.max_output_file_bytes
         return None, f"The model's files total {total} bytes; the limit is {limit}"
-    # An unstorable output fails the prediction (the caller says why): no files for it.
-    if not unstorable(replaced, "output") and predictions.lock_attempt(session, claim=claim):
+    problems = unstorable(replaced, "output")
+    if problems:
+        path, reason = problems[0]
+        return None, f"The model returned an unstorable value at {path}: {reason}"
+    if not found:
+        return output, None
+    if predictions.lock_attempt(session, claim=claim):
         for file_id, file in found:
             files.create(
                 session,
@@ -61,5 +65,6 @@ def store(session: Session, *, claim: Claim, output: Any) -> tuple[Any, str | No
                 prediction_id=claim.id,
                 content_type=file.content_type,
                 data=file.data,
+                flush=False,  # one INSERT for them all, at the status update's flush
             )
     return replaced, None

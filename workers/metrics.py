@@ -61,6 +61,13 @@ WEBHOOK_SECONDS = Histogram(
     ["event"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+
+def count_delivery(event: str, status: str) -> None:
+    """One attempt's outcome: the delivery's status after it, `retried` while still pending."""
+    WEBHOOK_DELIVERIES.labels(event, "retried" if status == "pending" else status).inc()
+
+
 GPU_MEMORY = Gauge(
     "quern_gpu_memory_bytes", "GPU memory held by this process's tensors.", ["device"]
 )

@@ -24,8 +24,7 @@ class NoGpu(PredictionError):
     """A `gpu` version reached a worker without CUDA (a misrouted message)."""
 
 
-_versions: dict[str, ModelVersion] = {}
-_refs: dict[str, str] = {}
+_versions: dict[str, tuple[ModelVersion, str]] = {}  # id -> (version, owner/name)
 # One forward pass at a time per process: two models computing at once would only fight
 # over the same cores (or GPU) and make both slower.
 compute_lock = threading.Lock()
@@ -33,21 +32,20 @@ compute_lock = threading.Lock()
 
 def get_version(version_id: str) -> ModelVersion:
     """Versions are immutable, so each is read once per process."""
-    version = _versions.get(version_id)
-    if version is None:
+    found = _versions.get(version_id)
+    if found is None:
         with session_scope() as session:
             found = models.get_version(session, id=version_id)
             if found is None:
                 raise LookupError(f"no model version {version_id}")
-            version, _refs[version_id] = found
-            session.expunge(version)
-        _versions[version_id] = version
-    return version
+            session.expunge(found[0])
+        _versions[version_id] = found
+    return found[0]
 
 
 def model_ref(version_id: str) -> str:
     """`owner/name` of a version seen by get_version: the `model` label of the metrics."""
-    return _refs.get(version_id, "unknown")
+    return _versions[version_id][1]
 
 
 def device_for(hardware: str) -> str:

@@ -1,9 +1,10 @@
 """Predictions: create, read, list, cancel."""
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
 from api.deps import CurrentUser, SettingsDep, Transaction, TransactionDep
@@ -63,6 +64,23 @@ Prefer = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class CreateHeaders:
+    cancel_after: str | None
+    idempotency_key: str | None
+    prefer: str | None
+
+
+async def create_headers(
+    cancel_after: CancelAfter = None, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+) -> CreateHeaders:
+    """The headers both create routes take (async: parsed on the event loop, no thread hop)."""
+    return CreateHeaders(cancel_after, idempotency_key, prefer)
+
+
+CreateHeadersDep = Annotated[CreateHeaders, Depends(create_headers)]
+
+
 @router.post("", status_code=201, response_model=PredictionOut)
 def create_prediction(
     body: PredictionCreate,
@@ -71,15 +89,11 @@ def create_prediction(
     tx: TransactionDep,
     user: CurrentUser,
     settings: SettingsDep,
-    cancel_after: CancelAfter = None,
-    idempotency_key: IdempotencyKey = None,
-    prefer: Prefer = None,
+    headers: CreateHeadersDep,
 ) -> PredictionOut | Response:
     """Validate the input, store the prediction, queue it. Returns at once with `starting`,
     unless `Prefer: wait` asks to wait for the result."""
-    return _create(
-        body, request, response, tx, user, settings, cancel_after, idempotency_key, prefer
-    )
+    return _create(body, request, response, tx, user, settings, headers)
 
 
 @model_router.post("/{owner}/{name}/predictions", status_code=201, response_model=PredictionOut)
@@ -92,16 +106,12 @@ def create_model_prediction(
     tx: TransactionDep,
     user: CurrentUser,
     settings: SettingsDep,
-    cancel_after: CancelAfter = None,
-    idempotency_key: IdempotencyKey = None,
-    prefer: Prefer = None,
+    headers: CreateHeadersDep,
 ) -> PredictionOut | Response:
     """Run the model's latest version: the same as `POST /v1/predictions` with
     `"model": "owner/name"`."""
     create = PredictionCreate(model=f"{owner}/{name}", **body.model_dump())
-    return _create(
-        create, request, response, tx, user, settings, cancel_after, idempotency_key, prefer
-    )
+    return _create(create, request, response, tx, user, settings, headers)
 
 
 def _create(
@@ -111,14 +121,12 @@ def _create(
     tx: Transaction,
     user: User,
     settings: ApiSettings,
-    cancel_after: str | None,
-    idempotency_key: str | None,
-    prefer: str | None,
+    headers: CreateHeaders,
 ) -> PredictionOut | Response:
-    wait_s = parse_prefer_wait(prefer)
+    wait_s = parse_prefer_wait(headers.prefer)
     base_url = _base_url(request)
     prediction, replayed = predictions.create(
-        tx, user, body, base_url, settings, cancel_after, idempotency_key
+        tx, user, body, base_url, settings, headers.cancel_after, headers.idempotency_key
     )
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"

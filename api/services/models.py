@@ -15,7 +15,7 @@ from api.schemas.models import (
 from db.ids import is_id
 from db.repositories import models
 from db.repositories.models import ModelWithOwner
-from db.tables import User
+from db.tables import ModelVersion, User
 
 
 def to_out(row: ModelWithOwner) -> ModelOut:
@@ -65,7 +65,6 @@ def create_version(session: Session, owner: str, name: str, body: VersionCreate)
     arrives, so it is served without restarting them."""
     row = _find(session, owner, name)
     version = models.create_version(session, model_id=row.model.id, **body.model_dump())
-    session.refresh(version)  # created_at from the server
     return VersionOut.model_validate(version)
 
 
@@ -79,7 +78,7 @@ def list_versions(session: Session, owner: str, name: str) -> VersionPage:
 
 def get_version(session: Session, owner: str, name: str, version_id: str) -> VersionOut:
     row = _find(session, owner, name)
-    found = models.get_version(session, id=version_id) if is_id(version_id) else None
-    if found is None or found[0].model_id != row.model.id:
+    version = session.get(ModelVersion, version_id) if is_id(version_id) else None
+    if version is None or version.model_id != row.model.id:
         raise NotFound(f"No version {version_id} of {owner}/{name}")
-    return VersionOut.model_validate(found[0])
+    return VersionOut.model_validate(version)

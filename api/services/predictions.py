@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from api import metrics
-from api.deps import Transaction
+from api.deps import Transaction, owner_scope
 from api.errors import (
     BadRequest,
     Conflict,
@@ -33,7 +33,7 @@ from db.prediction_object import prediction_object
 from db.repositories import idempotency_keys, models, predictions
 from db.repositories.predictions import UNFINISHED, Cursor, PredictionWithModel
 from db.session import session_scope
-from db.tables import ALL_EVENTS, ModelVersion, PredictionStatus, Role, User
+from db.tables import ALL_EVENTS, ModelVersion, PredictionStatus, User
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,6 @@ def parse_cancel_after(value: str) -> timedelta:
     if not timedelta(seconds=1) <= duration <= MAX_CANCEL_AFTER:
         raise BadRequest(f"Cancel-After {value!r} must be between 1s and 7 days")
     return duration
-
-
-def _owner_scope(user: User) -> str | None:
-    """Whose predictions the user may see: their own, or everyone's for an admin."""
-    return None if user.role == Role.ADMIN else user.id
 
 
 def _request_hash(body: PredictionCreate, cancel_after: str | None) -> str:
@@ -208,17 +203,20 @@ def _enqueue(prediction_id: str, version_id: str, hardware: str) -> None:
             log.exception("could not mark prediction %s as not enqueued", prediction_id)
 
 
-def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
-    if is_id(prediction_id):  # not any string a client sends
-        log_format.prediction_id.set(prediction_id)
-    row = (
-        predictions.get(tx.session, id=prediction_id, owner_id=_owner_scope(user))
-        if is_id(prediction_id)
-        else None
-    )
+def find(tx: Transaction, user: User, prediction_id: str) -> PredictionWithModel:
+    """The user's prediction (any, for an admin); anyone else's, like an unknown or malformed
+    id, is the same 404."""
+    if not is_id(prediction_id):  # not any string a client sends
+        raise NotFound(f"No prediction {prediction_id!r}")
+    log_format.prediction_id.set(prediction_id)
+    row = predictions.get(tx.session, id=prediction_id, owner_id=owner_scope(user))
     if row is None:
         raise NotFound(f"No prediction {prediction_id!r}")
-    return to_out(row, base_url)
+    return row
+
+
+def get(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:
+    return to_out(find(tx, user, prediction_id), base_url)
 
 
 def load(user: User, prediction_id: str, base_url: str) -> PredictionOut:
@@ -236,7 +234,7 @@ def cancel(tx: Transaction, user: User, prediction_id: str, base_url: str) -> Pr
     canceled = predictions.update_status(
         tx.session,
         id=prediction_id,
-        owner_id=_owner_scope(user),
+        owner_id=owner_scope(user),
         from_statuses=UNFINISHED,
         status=PredictionStatus.CANCELED,
     )
@@ -273,7 +271,7 @@ def list_page(
     direction, position = _decode_cursor(cursor) if cursor else ("next", None)
     rows = predictions.list(
         tx.session,
-        owner_id=_owner_scope(user),
+        owner_id=owner_scope(user),
         limit=page_size + 1,
         after=position if direction == "next" else None,
         before=position if direction == "previous" else None,

@@ -3,17 +3,17 @@
 import logging
 
 from api.deps import Transaction
-from api.errors import Conflict, NotFound
+from api.errors import Conflict
 from api.schemas.webhooks import (
     WebhookAttemptOut,
     WebhookDeliveryList,
     WebhookDeliveryOut,
     WebhookSecretOut,
 )
-from db.ids import is_id
-from db.repositories import predictions, webhook_deliveries, webhook_secrets
+from api.services import predictions
+from db.repositories import webhook_deliveries, webhook_secrets
 from db.repositories.webhook_deliveries import DeliveryLog
-from db.tables import Prediction, Role, User
+from db.tables import Prediction, User
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +22,7 @@ LOG_LIMIT = 100
 
 
 def _prediction(tx: Transaction, user: User, prediction_id: str) -> Prediction:
-    """The user's prediction (any, for an admin); anyone else's is 404."""
-    if not is_id(prediction_id):  # not any string a client sends
-        raise NotFound(f"No prediction {prediction_id!r}")
-    owner_id = None if user.role == Role.ADMIN else user.id
-    row = predictions.get(tx.session, id=prediction_id, owner_id=owner_id)
-    if row is None:
-        raise NotFound(f"No prediction {prediction_id!r}")
-    return row.prediction
+    return predictions.find(tx, user, prediction_id).prediction
 
 
 def _out(entry: DeliveryLog) -> WebhookDeliveryOut:

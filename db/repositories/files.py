@@ -17,6 +17,7 @@ def create(
     content_type: str,
     data: bytes,
     id: str | None = None,
+    flush: bool = True,
 ) -> File:
     """`id` may be chosen beforehand (the output names the file's URL before it is stored)."""
     file = File(
@@ -29,7 +30,8 @@ def create(
         data=data,
     )
     session.add(file)
-    session.flush()
+    if flush:
+        session.flush()
     return file
 
 

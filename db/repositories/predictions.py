@@ -88,7 +88,8 @@ class Claim:
     owner_id: str  # who the prediction's files belong to
 
 
-def _seconds(value: float | ColumnElement[float]) -> ColumnElement[Any]:
+def seconds(value: float | ColumnElement[float]) -> ColumnElement[Any]:
+    """An SQL interval of `value` seconds."""
     return func.make_interval(0, 0, 0, 0, 0, 0, value)
 
 
@@ -186,7 +187,7 @@ def claim(session: Session, *, ids: builtins.list[str], lease_s: float) -> built
             status=PredictionStatus.PROCESSING,
             started_at=func.now(),
             attempts=Prediction.attempts + 1,
-            lease_expires_at=func.now() + _seconds(lease_s),
+            lease_expires_at=func.now() + seconds(lease_s),
         )
         .returning(
             Prediction.id,
@@ -209,7 +210,7 @@ def renew_leases(session: Session, *, claims: builtins.list[Claim], lease_s: flo
             tuple_(Prediction.id, Prediction.attempts).in_([(c.id, c.attempts) for c in claims]),
             Prediction.status == PredictionStatus.PROCESSING,
         )
-        .values(lease_expires_at=func.now() + _seconds(lease_s))
+        .values(lease_expires_at=func.now() + seconds(lease_s))
     )
 
 
@@ -225,7 +226,7 @@ def retry_later(session: Session, *, claim: Claim, delay_s: float, logs: str) ->
         )
         .values(
             status=PredictionStatus.STARTING,
-            next_attempt_at=func.now() + _seconds(delay_s),
+            next_attempt_at=func.now() + seconds(delay_s),
             enqueued_at=None,
             lease_expires_at=None,
             logs=Prediction.logs + logs,
@@ -260,7 +261,7 @@ def requeue_lost(
         .where(*lost)
         .values(
             status=PredictionStatus.STARTING,
-            next_attempt_at=func.now() + _seconds(func.random() * ceiling),
+            next_attempt_at=func.now() + seconds(func.random() * ceiling),
             enqueued_at=None,
             lease_expires_at=None,
             logs=Prediction.logs + "Attempt lost with its worker; retrying\n",
@@ -308,7 +309,7 @@ def take_due(session: Session, *, requeue_after_s: float, limit: int) -> builtin
             or_(Prediction.next_attempt_at.is_(None), Prediction.next_attempt_at <= func.now()),
             or_(
                 Prediction.enqueued_at.is_(None),
-                Prediction.enqueued_at < func.now() - _seconds(requeue_after_s),
+                Prediction.enqueued_at < func.now() - seconds(requeue_after_s),
             ),
         )
         .order_by(Prediction.created_at)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     any_,
     bindparam,
+    case,
     func,
     insert,
     literal,
@@ -25,6 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, defer
 
 from db.ids import new_id
+from db.repositories.predictions import seconds
 from db.tables import (
     DeliveryStatus,
     Model,
@@ -39,10 +41,6 @@ from db.tables import (
 
 PROGRESS_EVENTS = (WebhookEvent.OUTPUT, WebhookEvent.LOGS)
 LOST = "The worker was lost during this attempt"
-
-
-def _interval(seconds: float) -> ColumnElement[Any]:
-    return func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
 def progress_filters(session: Session, *, prediction_ids: list[str]) -> dict[str, frozenset[str]]:
@@ -171,7 +169,8 @@ class DeliveryClaim:
     id: str
     event: str
     url: str
-    snapshot: dict[str, Any]
+    prediction_id: str
+    snapshot: dict[str, Any] | None  # what the body is built from; only until it is frozen
     body: str | None  # None until the first attempt freezes it
     attempt: int  # this attempt's number: only its owner may record the outcome
     created_at: datetime
@@ -196,14 +195,16 @@ def claim(session: Session, *, id: str, lease_s: float) -> DeliveryClaim | None:
         .values(
             status=DeliveryStatus.DELIVERING,
             attempts=WebhookDelivery.attempts + 1,
-            lease_expires_at=func.now() + _interval(lease_s),
+            lease_expires_at=func.now() + seconds(lease_s),
             enqueued_at=None,
         )
         .returning(
             WebhookDelivery.id,
             WebhookDelivery.event,
             WebhookDelivery.url,
-            WebhookDelivery.snapshot,
+            WebhookDelivery.prediction_id,
+            # Once the body is frozen, never read the (possibly large) snapshot again.
+            case((WebhookDelivery.body.is_(None), WebhookDelivery.snapshot)).label("snapshot"),
             WebhookDelivery.body,
             WebhookDelivery.attempts,
             WebhookDelivery.created_at,
@@ -219,6 +220,7 @@ def claim(session: Session, *, id: str, lease_s: float) -> DeliveryClaim | None:
         row.id,
         row.event,
         row.url,
+        row.prediction_id,
         row.snapshot,
         row.body,
         row.attempts,
@@ -257,7 +259,7 @@ def record_attempt(
         "last_error": error,
     }
     if status == DeliveryStatus.PENDING:
-        values["next_attempt_at"] = func.now() + _interval(retry_in_s or 0.0)
+        values["next_attempt_at"] = func.now() + seconds(retry_in_s or 0.0)
     else:
         values["completed_at"] = func.now()
     result = session.execute(
@@ -304,7 +306,7 @@ def take_back_lost(
             values.update(status=DeliveryStatus.FAILED, completed_at=func.now())
         else:
             values.update(
-                status=DeliveryStatus.PENDING, next_attempt_at=func.now() + _interval(wait_s)
+                status=DeliveryStatus.PENDING, next_attempt_at=func.now() + seconds(wait_s)
             )
         # The row is locked (FOR UPDATE): a late record_attempt waits, then finds it taken back.
         session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(values))
@@ -329,7 +331,7 @@ def forget_lost_messages(session: Session, *, older_than_s: float) -> int:
         update(WebhookDelivery)
         .where(
             WebhookDelivery.status == DeliveryStatus.PENDING,
-            WebhookDelivery.enqueued_at < func.now() - _interval(older_than_s),
+            WebhookDelivery.enqueued_at < func.now() - seconds(older_than_s),
         )
         .values(enqueued_at=None)
     )

@@ -12,8 +12,8 @@ from db.prediction_object import from_snapshot, prediction_object, to_json
 from db.repositories import predictions, users, webhook_deliveries
 from db.repositories.predictions import UNFINISHED
 from db.session import session_scope
+from db.settings import get_database_settings
 from db.tables import DeliveryStatus, Prediction, PredictionStatus, WebhookDelivery
-from tests.conftest import DATABASE_URL
 from tests.helpers import create_version, new_username
 from workers.settings import get_worker_settings
 from workers.webhooks import dispatcher
@@ -122,7 +122,7 @@ def test_only_the_filtered_events_and_nothing_without_a_webhook() -> None:
 
 def test_new_deliveries_are_notified_once_per_transaction_and_never_when_rolled_back() -> None:
     first, second, rolled_back = create(), create(), create()
-    url = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://")
+    url = get_database_settings().libpq_url
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute("LISTEN quern_webhook_deliveries")
         with session_scope() as session:

@@ -163,7 +163,7 @@ def test_an_attempt_with_a_garbage_retry_after_is_recorded_and_retried_later(
 
 def claim(attempt: int, age_s: float = 0) -> DeliveryClaim:
     created = datetime.now(UTC) - timedelta(seconds=age_s)
-    return DeliveryClaim("d", "completed", "u", {}, None, attempt, created, "o", "m/n")
+    return DeliveryClaim("d", "completed", "u", "p", {}, None, attempt, created, "o", "m/n")
 
 
 def result(status_code: int | None, retry_after_s: float | None = None) -> sending.Result:

@@ -33,16 +33,22 @@ def deliver(delivery_id: str) -> None:
             return
         body = claim.body
         if body is None:
+            assert claim.snapshot is not None
             prediction = from_snapshot(claim.snapshot)
             body = to_json(prediction_object(prediction, claim.model, settings.public_url))
             webhook_deliveries.freeze_body(session, id=claim.id, body=body)
         secret = webhook_secrets.get_or_create(session, owner_id=claim.owner_id)
-    log_format.prediction_id.set(claim.snapshot.get("id"))
+    with log_format.log_context(prediction_id=claim.prediction_id):
+        _attempt(claim, body, secret, settings)
+
+
+def _attempt(claim: DeliveryClaim, body: str, secret: str, settings: WorkerSettings) -> None:
+    """Send once, record what came of it."""
     headers = sending.signed_headers(secret, claim.id, body)
     result = sending.send(claim.url, body, headers, settings.webhook_timeout_s)
     status, retry_in_s = next_step(claim, result, settings)
     with session_scope() as session:
-        webhook_deliveries.record_attempt(
+        recorded = webhook_deliveries.record_attempt(
             session,
             claim=claim,
             status=status,
@@ -51,9 +57,10 @@ def deliver(delivery_id: str) -> None:
             error=result.error,
             retry_in_s=retry_in_s,
         )
-    outcome = "retried" if status == DeliveryStatus.PENDING else str(status)
-    metrics.WEBHOOK_DELIVERIES.labels(claim.event, outcome).inc()
+    if recorded:  # else the dispatcher took the attempt back as lost, and counted it
+        metrics.count_delivery(claim.event, status)
     metrics.WEBHOOK_SECONDS.labels(claim.event).observe(result.latency_ms / 1000)
+    outcome = "retried" if status == DeliveryStatus.PENDING else str(status)
     log.info(
         "webhook %s %s attempt %d: %s (%s)%s",
         claim.event,

@@ -43,8 +43,7 @@ def recover() -> None:
             session, older_than_s=settings.webhook_requeue_after_s
         )
     for event, status in lost:
-        outcome = "retried" if status == "pending" else status
-        metrics.WEBHOOK_DELIVERIES.labels(event, outcome).inc()
+        metrics.count_delivery(event, status)
     if lost or resent:
         log.info(
             "dispatcher: %d attempts lost with their worker, %d messages lost", len(lost), resent
@@ -57,6 +56,8 @@ def publish_due() -> float | None:
     while True:
         with session_scope() as session:
             due = webhook_deliveries.take_due(session, limit=BATCH)
+            # The last pass (the rows just taken are marked, so not counted) asks in passing.
+            next_in_s = webhook_deliveries.seconds_until_due(session) if len(due) < BATCH else None
         unsent = []
         for delivery_id in due:
             try:
@@ -69,9 +70,7 @@ def publish_due() -> float | None:
                 webhook_deliveries.mark_not_enqueued(session, ids=unsent)
             return get_worker_settings().webhook_dispatch_interval_s
         if len(due) < BATCH:
-            break
-    with session_scope() as session:
-        return webhook_deliveries.seconds_until_due(session)
+            return next_in_s
 
 
 def _loop() -> None:

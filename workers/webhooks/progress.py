@@ -51,7 +51,7 @@ def forget(prediction_ids: Iterable[str]) -> None:
         for prediction_id in prediction_ids:
             _wanted.pop(prediction_id, None)
             _chunks.pop(prediction_id, None)
-            for event in (WebhookEvent.OUTPUT, WebhookEvent.LOGS):
+            for event in webhook_deliveries.PROGRESS_EVENTS:
                 _sent_at.pop((prediction_id, event), None)
 
 
