@@ -7,7 +7,7 @@ models and see every prediction). Accounts themselves are created through the AP
 import argparse
 import sys
 
-from db.repositories import users
+from db.repositories import cache_notices, users
 from db.session import session_scope
 from db.tables import Role
 
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         if not users.set_role(session, username=options.username, role=role):
             print(f"no user {options.username!r}", file=sys.stderr)
             return 1
+        # Running API processes drop their cached callers: the new role counts at once.
+        cache_notices.announce(session, what=cache_notices.PRINCIPALS)
     print(f"{options.username} is now {role}")
     return 0
 

@@ -1,9 +1,8 @@
 """Request dependencies: the one transaction per request, the authenticated caller (JWT or API
-token) and their rate limit, and the admin check."""
+token, api/authentication.py) and their rate limit, and the admin check."""
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -11,11 +10,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api import rate_limits
+from api.authentication import Principal, authenticate
 from api.errors import Forbidden, Unauthorized
-from api.security import InvalidToken, decode_access_token, hash_api_token, is_api_token
 from api.settings import ApiSettings, get_api_settings
-from db.repositories import api_tokens, users
-from db.session import get_sessionmaker, session_scope
+from api.status_listener import StatusListener, status_listener
+from db.session import get_sessionmaker
 from db.tables import Role, User
 
 
@@ -44,64 +43,42 @@ def get_transaction() -> Iterator[Transaction]:
 
 # scope="function": commit before the response is sent, so a 201 means the row is durable.
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]
-SettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
+
+
+async def get_settings() -> ApiSettings:
+    """async: a plain function dependency would cost a thread-pool trip per request."""
+    return get_api_settings()
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 
 _bearer = HTTPBearer(
     auto_error=False, description="A JWT from POST /v1/auth/token, or an API token (qrn_...)"
 )
-# How stale `last_used_at` may get before a request writes it again.
-TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
-INVALID = "Invalid, expired or revoked token"
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling, and the identity their rate limits are counted under."""
-
-    user: User
-    api_token_id: str | None
-
-    @property
-    def rate_limit_key(self) -> str:
-        return f"token:{self.api_token_id}" if self.api_token_id else f"user:{self.user.id}"
+async def get_listener() -> StatusListener:
+    """The process's LISTEN connection and the caches it keeps fresh."""
+    return status_listener()
 
 
-def authenticate(session: Session, settings: ApiSettings, bearer: str) -> Principal:
-    if is_api_token(bearer):
-        found = api_tokens.find_live(session, token_hash=hash_api_token(bearer))
-        if found is None:
-            raise Unauthorized(INVALID)
-        token, user = found
-        api_tokens.touch(session, token=token, every=TOKEN_TOUCH_INTERVAL)
-        return Principal(user, token.id)
-    try:
-        user_id = decode_access_token(bearer, settings)
-    except InvalidToken:
-        raise Unauthorized(INVALID) from None
-    account = users.get(session, id=user_id)
-    if account is None:
-        raise Unauthorized(INVALID)
-    return Principal(account, None)
+ListenerDep = Annotated[StatusListener, Depends(get_listener)]
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     response: Response,
     settings: SettingsDep,
+    listener: ListenerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """Authenticate, then count the request against the caller's rate limit.
-
-    In a short transaction of its own, not the request's: FastAPI runs each sync dependency
-    and the endpoint in separate thread-pool calls, and a connection held between them waits
-    for a free thread while the threads wait for a free connection (a deadlock under load).
-    """
+    """Authenticate (from the process's cache when it can), then count the request against
+    the caller's rate limit; both on the event loop, no thread hop on a cache hit."""
     if credentials is None:
         raise Unauthorized("Missing credentials: send 'Authorization: Bearer <token>'")
-    with session_scope() as session:
-        principal = authenticate(session, settings, credentials.credentials)
+    principal = await authenticate(listener.principals, settings, credentials.credentials)
     bucket = "read" if request.method in ("GET", "HEAD") else "write"
-    usage = rate_limits.hit(settings, bucket, principal.rate_limit_key)
+    usage = await rate_limits.hit(settings, bucket, principal.rate_limit_key)
     if usage is not None:
         response.headers.update(usage.headers)
     return principal
@@ -123,10 +100,10 @@ def owner_scope(user: User) -> str | None:
     return None if user.role == Role.ADMIN else user.id
 
 
-def limit_auth_attempts(request: Request, settings: SettingsDep) -> None:
+async def limit_auth_attempts(request: Request, settings: SettingsDep) -> None:
     """Sign-up and sign-in, per client address: slows password guessing."""
     client = request.client.host if request.client else "unknown"
-    rate_limits.hit(settings, "auth", f"ip:{client}")
+    await rate_limits.hit(settings, "auth", f"ip:{client}")
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

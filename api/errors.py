@@ -3,6 +3,7 @@
 import logging
 from typing import Any, ClassVar
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -183,7 +184,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(exc.status_code, title, str(exc.detail), headers=headers)
 
     @app.exception_handler(OperationalError)
-    async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
+    @app.exception_handler(psycopg.OperationalError)  # the async pool's (api/database.py)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return problem(
             503,
@@ -193,7 +195,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DataError)
-    async def unstorable_data(request: Request, exc: DataError) -> JSONResponse:
+    @app.exception_handler(psycopg.DataError)
+    async def unstorable_data(request: Request, exc: Exception) -> JSONResponse:
         # A safety net: validation should have caught it (NUL bytes, bad Unicode, NaN).
         log.warning("database refused data on %s %s: %s", request.method, request.url.path, exc)
         return problem(

@@ -1,16 +1,38 @@
 """The FastAPI application: `uvicorn api.main:app`."""
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
+from api.database import open_pool
 from api.errors import install_error_handlers
 from api.metrics import RequestMetrics
-from api.middleware import BodySizeLimit, request_id_middleware
+from api.middleware import BodySizeLimit, RequestId
+from api.queue import Publisher
 from api.routes import account, auth, files, health, models, predictions, tokens, webhooks
 from api.settings import get_api_settings
+from api.status_listener import status_listener
 from db.log_format import configure_logging
 from db.webhook_guard import get_guard_settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    """The process's PostgreSQL pool, publisher thread and LISTEN connection; each request
+    finds the first two in `request.state`. At shutdown the publisher sends what is left."""
+    listener = status_listener()
+    listener.start()
+    pool = await open_pool()
+    publisher = Publisher()
+    try:
+        yield {"pool": pool, "publisher": publisher}
+    finally:
+        publisher.close()
+        await pool.close()
+        await listener.stop()
 
 
 def create_app() -> FastAPI:
@@ -21,10 +43,11 @@ def create_app() -> FastAPI:
         title="Quern",
         version="0.1.0",
         description="Self-hosted inference jobs: create a prediction, poll it, get the output.",
+        lifespan=lifespan,
     )
     # The last added runs first: metrics see every answer, and a 413 carries its request id.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.middleware("http")(request_id_middleware)
+    app.add_middleware(RequestId)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
     for module in (health, auth, account, tokens, models, predictions, files, webhooks):

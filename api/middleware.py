@@ -1,9 +1,7 @@
 """ASGI middleware: request ids, and the request-body size limit Starlette does not have."""
 
 import secrets
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -11,18 +9,31 @@ from api.errors import problem
 from db import log_format
 
 
-async def request_id_middleware(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """Tag each request with an id (the client's X-Request-ID, or a new one) for logs and errors."""
-    request_id = request.headers.get("x-request-id", "")[:64] or secrets.token_hex(8)
-    request.state.request_id = request_id
-    # Not reset: each request runs in an asyncio task of its own, so in its own context, and
-    # uvicorn's access line (written as the response goes out, after this returns) keeps it.
-    log_format.request_id.set(request_id)
-    response = await call_next(request)
-    response.headers["X-Request-ID"] = request_id
-    return response
+class RequestId:
+    """Tag each request with an id (the client's X-Request-ID, or a new one) for logs and
+    errors, and answer it in X-Request-ID. Plain ASGI: no task or stream per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        request_id = given.decode("latin-1")[:64] or secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = request_id
+        # Not reset: each request runs in an asyncio task of its own, so in its own context, and
+        # uvicorn's access line (written as the response goes out, after this returns) keeps it.
+        log_format.request_id.set(request_id)
+        header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class BodySizeLimit:

@@ -1,16 +1,34 @@
-"""Sending work to the workers: task names and ids only, over Redis, never importing workers/."""
+"""Sending work to the workers: task names and ids only, over Redis, never importing workers/.
+
+One publisher thread per API process: a create hands it the new row's ids and returns; what
+piles up while it sends goes out as one message per (version, queue), up to
+MAX_IDS_PER_MESSAGE ids each, so under load a message costs a fraction of a create.
+"""
 
 import logging
+import threading
+import time
+from collections import defaultdict
 from functools import lru_cache
+from queue import Empty, SimpleQueue
+from typing import NamedTuple
 
 from celery import Celery
 
 from api.settings import get_api_settings
+from db import log_format
+from db.repositories import predictions
+from db.session import session_scope
 
 log = logging.getLogger(__name__)
 
-# The contract with workers/celery_app.py (a test checks both sides agree).
+# The contract with workers/celery_app.py (a test checks both sides agree): the task takes
+# [prediction_ids, version_id], at most MAX_IDS_PER_MESSAGE ids of one version.
 RUN_PREDICTION_TASK = "quern.predictions.run"
+MAX_IDS_PER_MESSAGE = 64
+# After the first id, wait this long for others to share its message: under load a message
+# then carries many ids, at the cost of this much latency when it carries one.
+LINGER_S = 0.002
 
 
 def prediction_queue(hardware: str) -> str:
@@ -19,7 +37,7 @@ def prediction_queue(hardware: str) -> str:
 
 @lru_cache
 def get_client() -> Celery:
-    """A Celery app used only to publish. It fails fast rather than hanging a request."""
+    """A Celery app used only to publish. It fails fast rather than hanging the publisher."""
     settings = get_api_settings()
     client = Celery("quern-api", broker=settings.redis_url, set_as_current=False)
     client.conf.update(
@@ -35,19 +53,69 @@ def get_client() -> Celery:
     return client
 
 
-def enqueue_prediction(prediction_id: str, version_id: str, hardware: str) -> bool:
-    """Publish after the row is committed; the version id lets the worker batch it unread.
+class Queued(NamedTuple):
+    prediction_id: str
+    version_id: str
+    hardware: str
 
-    False when Redis is unreachable: the row stays `starting` and can be re-enqueued; the
-    client already has its 201."""
+
+class Publisher:
+    """Publishes committed predictions from a thread of its own; `close` sends what is left."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[Queued | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="quern-publisher", daemon=True)
+        self._thread.start()
+
+    def submit(self, prediction_id: str, version_id: str, hardware: str) -> None:
+        """After commit: the row is durable whatever happens to the message."""
+        self._queue.put(Queued(prediction_id, version_id, hardware))
+
+    def close(self, timeout_s: float = 10) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            taken = [self._queue.get()]
+            time.sleep(LINGER_S)
+            while True:
+                try:
+                    taken.append(self._queue.get_nowait())
+                except Empty:
+                    break
+            publish([item for item in taken if item is not None])
+            if None in taken:
+                return
+
+
+def publish(items: list[Queued]) -> None:
+    """One message per (version, queue) and MAX_IDS_PER_MESSAGE ids. A message that cannot be
+    sent (Redis down) leaves its rows marked not enqueued: the workers' sweeper sends them."""
+    groups: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+    for item in items:
+        groups[item.version_id, item.hardware].append(item.prediction_id)
+    for (version_id, hardware), ids in groups.items():
+        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+            chunk = ids[start : start + MAX_IDS_PER_MESSAGE]
+            with log_format.log_context(prediction_ids=chunk):
+                _send(chunk, version_id, hardware)
+
+
+def _send(ids: list[str], version_id: str, hardware: str) -> None:
     try:
         get_client().send_task(
             RUN_PREDICTION_TASK,
-            args=[prediction_id, version_id],
+            args=[ids, version_id],
             queue=prediction_queue(hardware),
             ignore_result=True,
         )
     except Exception:
-        log.exception("could not enqueue prediction %s; it stays starting", prediction_id)
-        return False
-    return True
+        log.exception("could not enqueue predictions %s; they stay starting", " ".join(ids))
+        try:
+            with session_scope() as session:
+                predictions.mark_not_enqueued(session, ids=ids)
+        except Exception:  # then the sweeper finds them by the age of their enqueue mark
+            log.exception("could not mark predictions as not enqueued")
+        return
+    log.debug("queued %d predictions of version %s", len(ids), version_id)

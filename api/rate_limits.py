@@ -4,8 +4,10 @@ Two buckets per identity: `write` (creating predictions, and every other POST or
 `read` (GET). The defaults are Replicate's: 600 writes and 3000 reads a minute. Sign-up and
 sign-in are limited per client address instead (`auth`), to slow password guessing. If Redis
 is unreachable the request is let through: PostgreSQL, not Redis, decides what is accepted.
+Counted on the event loop (limits' asyncio storage), not in the thread pool.
 """
 
+import asyncio
 import logging
 import math
 import time
@@ -14,8 +16,8 @@ from functools import cache
 
 import redis
 from limits import RateLimitItem, parse
-from limits.storage import storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from api.errors import TooManyRequests
 from api.settings import ApiSettings
@@ -39,9 +41,15 @@ class Usage:
 
 
 @cache
-def _limiter(redis_url: str) -> SlidingWindowCounterRateLimiter:
+def _limiter(redis_url: str, loop: asyncio.AbstractEventLoop) -> SlidingWindowCounterRateLimiter:
+    """One per event loop: an asyncio Redis connection belongs to the loop that opened it."""
     # Short timeouts: a dead Redis must cost a request milliseconds, not seconds.
-    storage = storage_from_string(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    storage = RedisStorage(
+        "async+" + redis_url,
+        implementation="redispy",
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
+    )
     return SlidingWindowCounterRateLimiter(storage)
 
 
@@ -58,14 +66,14 @@ def bucket_limit(settings: ApiSettings, bucket: str) -> str:
     }[bucket]
 
 
-def hit(settings: ApiSettings, bucket: str, identity: str) -> Usage | None:
+async def hit(settings: ApiSettings, bucket: str, identity: str) -> Usage | None:
     """Count one request; 429 (with Retry-After) once the bucket is spent. None: not counted
     (Redis is down)."""
     item = _item(bucket_limit(settings, bucket))
-    limiter = _limiter(settings.redis_url)
+    limiter = _limiter(settings.redis_url, asyncio.get_running_loop())
     try:
-        allowed = limiter.hit(item, bucket, identity)
-        stats = limiter.get_window_stats(item, bucket, identity)
+        allowed = await limiter.hit(item, bucket, identity)
+        stats = await limiter.get_window_stats(item, bucket, identity)
     except redis.RedisError as exc:
         log.warning("rate limit not checked (Redis unavailable): %s", exc)
         return None

@@ -2,16 +2,23 @@
 (migration 0002 NOTIFYs "<id> <status>" on every committed change), and wakes the requests
 waiting on a prediction: `Prefer: wait` and event streams. A thousand waiting requests cost a
 thousand asyncio events, not a thousand connections or threads, and nothing polls.
+
+The same connection hears changes to what the process caches (callers, versions: api/cache.py)
+and clears those caches; while it is down they are not trusted.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 
+from api.cache import Cache
 from db.engine import process_label
+from db.repositories import cache_notices
 from db.repositories.predictions import STATUS_CHANNEL
 from db.settings import get_database_settings
 from db.tables import PredictionStatus
@@ -19,6 +26,8 @@ from db.tables import PredictionStatus
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_S = 1.0
+# How stale a cached row may get when its change is not announced (an operator's SQL).
+CACHE_TTL_S = 30.0
 
 
 class StatusListener:
@@ -27,23 +36,48 @@ class StatusListener:
         self.connected = False
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        # Callers by API-token hash or user id (api/authentication.py); versions by id or name.
+        self.principals: Cache[Any] = Cache(CACHE_TTL_S)
+        self.versions: Cache[Any] = Cache(CACHE_TTL_S)
+        self._caches = {
+            cache_notices.PRINCIPALS: self.principals,
+            cache_notices.VERSIONS: self.versions,
+        }
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="status-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     @asynccontextmanager
     async def finished(self, prediction_id: str) -> AsyncIterator[asyncio.Event]:
         """An event set when the prediction reaches a terminal status, and also whenever the
         listener (re)connects, since a change may have gone unheard: then check the row."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="status-listener")
-        event = asyncio.Event()
-        self._waiters.setdefault(prediction_id, set()).add(event)
+        event = self.watch(prediction_id)
         try:
             yield event
         finally:
-            waiting = self._waiters.get(prediction_id)
-            if waiting is not None:
-                waiting.discard(event)
-                if not waiting:
-                    del self._waiters[prediction_id]
+            self.unwatch(prediction_id, event)
+
+    def watch(self, prediction_id: str) -> asyncio.Event:
+        """`finished` for a caller that starts watching before the row exists, and stops later."""
+        self.start()
+        event = asyncio.Event()
+        self._waiters.setdefault(prediction_id, set()).add(event)
+        return event
+
+    def unwatch(self, prediction_id: str, event: asyncio.Event) -> None:
+        waiting = self._waiters.get(prediction_id)
+        if waiting is not None:
+            waiting.discard(event)
+            if not waiting:
+                del self._waiters[prediction_id]
 
     async def _listen(self) -> None:
         while True:
@@ -52,9 +86,16 @@ class StatusListener:
                     self.url, autocommit=True, application_name=process_label()
                 ) as conn:
                     await conn.execute(f"LISTEN {STATUS_CHANNEL}")
+                    await conn.execute(f"LISTEN {cache_notices.CHANNEL}")
+                    self._reset_caches(trusted=True)  # what was missed meanwhile is gone
                     self.connected = True
                     self._wake_all()
                     async for notice in conn.notifies():
+                        if notice.channel == cache_notices.CHANNEL:
+                            cache = self._caches.get(notice.payload)
+                            if cache is not None:
+                                cache.clear()
+                            continue
                         prediction_id, _, status = notice.payload.partition(" ")
                         if PredictionStatus(status).is_terminal:
                             for event in self._waiters.get(prediction_id, ()):
@@ -63,8 +104,14 @@ class StatusListener:
                 if self.connected:
                     log.warning("status listener lost PostgreSQL (%s); reconnecting", exc)
             self.connected = False
+            self._reset_caches(trusted=False)
             self._wake_all()
             await asyncio.sleep(RECONNECT_DELAY_S)
+
+    def _reset_caches(self, *, trusted: bool) -> None:
+        for cache in self._caches.values():
+            cache.trusted = trusted
+            cache.clear()
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():

@@ -577,7 +577,7 @@ def report(
         "running. Overhead p50/p95, client-side (one prediction in flight, a Python client: "
         f"create, the NOTIFY, the GET): {ms(overhead.overheads, 50)} / "
         f"{ms(overhead.overheads, 95)}, including the version's batch window of "
-        f"{sections[0][0].max_batch_wait_ms} ms; server-side (completed_at - created_at - "
+        f"{workloads(1)[0].max_batch_wait_ms} ms; server-side (completed_at - created_at - "
         f"predict_time): {ms(overhead.server_overheads, 50)} / "
         f"{ms(overhead.server_overheads, 95)}.",
         "",
@@ -607,10 +607,11 @@ async def with_cpu(stack: Stack, measured: Awaitable[Run]) -> Run:
 async def measure(stack: Stack, options: argparse.Namespace) -> str:
     load_average = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     chosen = workloads(options.scale)
+    measured = [w for w in chosen if options.only in (None, w.name)]
     versions = {w.name: register_versions(w) for w in chosen}
 
     bare = {}
-    for workload in chosen:
+    for workload in measured:
         _, _, weights_ref, model_type = versions[workload.name]
         bare[workload.name] = bare_model(workload, weights_ref, model_type)
 
@@ -647,7 +648,7 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
     log(f"low-load overhead p50: {percentile(overhead.overheads, 50) * 1000:.1f} ms")
 
     sections = []
-    for workload in chosen:
+    for workload in measured:
         batched_id, unbatched_id, _, _ = versions[workload.name]
         runs = []
         for label, version, seconds in (
@@ -672,6 +673,7 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".quern" / "bench")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each workload")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--only", choices=["embeddings", "text-generation"], help="one workload")
     options = parser.parse_args()
     state: Path = options.state_dir.resolve()
     (state / "logs").mkdir(parents=True, exist_ok=True)

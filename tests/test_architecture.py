@@ -42,8 +42,9 @@ def test_api_and_workers_agree_on_task_name_queue_and_visibility_timeout() -> No
         assert queue.prediction_queue(hardware) == celery_app.prediction_queue(hardware)
     assert queue.RUN_PREDICTION_TASK in celery_app.app.tasks
     task = celery_app.app.tasks[queue.RUN_PREDICTION_TASK]
-    assert list(inspect.signature(task.run).parameters) == ["prediction_id", "version_id"]
-    assert list(inspect.signature(queue.enqueue_prediction).parameters) == [
+    assert list(inspect.signature(task.run).parameters) == ["prediction_ids", "version_id"]
+    assert list(inspect.signature(queue.Publisher.submit).parameters) == [
+        "self",
         "prediction_id",
         "version_id",
         "hardware",

@@ -1,38 +1,35 @@
-"""Running one batch: claim its predictions, run them in one pass, record each one's outcome.
+"""Running one batch: claim its predictions, run them in one pass, hand the outcomes on.
 
 Each prediction keeps its own fate: an input the model rejects fails only itself, and a batch
 that raises (out of memory, or one input crashing the model) is split in halves until the
-culprit runs alone. Recording happens on its own thread, so the next batch computes while
-the last one is written. Output chunks a model emits while it runs, and then each attempt's
-logs (and the whole output of a model that did not stream), go out as events (workers/events.py).
+culprit runs alone. Recording (workers/recording.py) happens on its own thread, so the next
+batch computes while the last one is written. Output chunks a model emits while it runs go
+out as events (workers/events.py) as they come.
 """
 
+import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy.orm import Session
 
 from db import log_format
 from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope
-from db.tables import ModelVersion, PredictionStatus
+from db.tables import ModelVersion
 from models.base import PredictionError, Predictor, is_out_of_memory, output_sink, stop_check
 from models.registry import UnknownModelType
 from models.weights import WeightsNotFound
-from workers import events, files, metrics, running, runtime
+from workers import events, metrics, running, runtime
 from workers.batcher import Batcher, Pending
+from workers.recording import Outcome, record
 from workers.settings import get_worker_settings
 from workers.webhooks import progress as webhook_progress
 
 log = logging.getLogger(__name__)
 
-PROCESSING = (PredictionStatus.PROCESSING,)
 # Failures that say something about the input or the version, not about Quern: shown as is.
 READABLE = (PredictionError, UnknownModelType, WeightsNotFound)
 
@@ -40,16 +37,6 @@ READABLE = (PredictionError, UnknownModelType, WeightsNotFound)
 _recorder = log_format.ContextThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
 _batchers: dict[str, Batcher[str]] = {}
 _batchers_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Outcome:
-    output: Any = None
-    error: str | None = None
-    transient: bool = False  # worth another attempt (out of memory even alone)
-    predict_time: float = 0.0
-    batch_size: int = 0
-    streamed: bool = False  # the model emitted its output in chunks as it ran
 
 
 def batcher_for(version_id: str) -> Batcher[str]:
@@ -86,7 +73,8 @@ def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str
         streamed.update(chunks)
         webhook_progress.output_chunks({claims[i].id: chunks[i] for i in chunks})
         sending = [i for i in chunks if i not in cut]
-        if not events.publish_many([(claims[i].id, "output", chunks[i]) for i in sending]):
+        published = [(claims[i].id, "output", json.dumps(chunks[i])) for i in sending]
+        if not events.publish_many(published):
             cut.update(sending)
 
     try:
@@ -137,7 +125,7 @@ def _run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
     ids = list(dict.fromkeys(pending.item for pending in batch))  # a duplicate delivery
     with session_scope() as session:
         claims = predictions.claim(session, ids=ids, lease_s=settings.lease_s)
-        webhook_progress.watch(session, [claim.id for claim in claims])
+    webhook_progress.watch(claims)
     claimed = {claim.id for claim in claims}
     for pending in batch:
         if pending.item not in claimed:
@@ -176,97 +164,3 @@ def _run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
                 pending.future.set_exception(error)
 
     future.add_done_callback(resolve)
-
-
-def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))] (AWS's backoff advice)."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
-
-
-def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str], model: str) -> None:
-    """Write every outcome in one transaction. Only the attempt that claimed a prediction may
-    record it, and a prediction canceled meanwhile keeps `canceled` (and gets its logs)."""
-    fates: list[str] = []
-    with session_scope() as session:
-        published: list[events.Event] = []
-        for claim, outcome in zip(claims, outcomes, strict=True):
-            claim_events, fate = _record_one(session, claim, outcome, notes)
-            published += claim_events
-            fates += [fate] if fate else []
-        # Still uncommitted: the API ends a prediction's event stream once it sees the final
-        # status, so the stream must already hold everything by then.
-        events.publish_many(published)
-        webhook_progress.record(session, published)
-    webhook_progress.forget(claim.id for claim in claims)
-    for fate in fates:  # counted once committed
-        if fate == "retried":
-            metrics.RETRIES.labels(model).inc()
-        else:
-            metrics.FINISHED.labels(model, fate).inc()
-
-
-def _record_one(
-    session: Session, claim: Claim, outcome: Outcome, notes: list[str]
-) -> tuple[list[events.Event], str | None]:
-    """Write one outcome; return the events to publish for it, and its fate for the metrics
-    (a final status, `retried`, or None when nothing changed)."""
-    settings = get_worker_settings()
-    logs = list(notes)
-    error = outcome.error
-    output = None
-    if error is None:
-        logs.append(f"Predicted in {outcome.predict_time:.3f}s (batch of {outcome.batch_size})")
-        output, error = files.store(session, claim=claim, output=outcome.output)
-    if error is not None:
-        error = error.replace("\x00", "\\0")  # a model's message may hold anything
-    common: dict[str, Any] = {
-        "id": claim.id,
-        "from_statuses": PROCESSING,
-        "attempts": claim.attempts,
-    }
-
-    stop = running.stop_reason(claim)
-    if stop == "canceled":
-        logs.append("Canceled while running: stopped at the next step")
-        predictions.add_logs(session, id=claim.id, logs=_lines(logs))
-        return [_logs_event(claim, logs)], None  # the API canceled (and counted) it
-    if stop is not None:
-        logs.append(f"Canceled: {stop}")
-        predictions.update_status(
-            session, **common, status=PredictionStatus.CANCELED, output=output, error=stop,
-            append_logs=_lines(logs),
-        )  # fmt: skip
-        return [_logs_event(claim, logs)], PredictionStatus.CANCELED
-    if outcome.transient:
-        if claim.attempts < settings.max_attempts:
-            delay = retry_delay(claim.attempts, settings.retry_base_s, settings.retry_cap_s)
-            logs.append(f"Attempt {claim.attempts} failed ({error}); retrying in {delay:.2f}s")
-            predictions.retry_later(session, claim=claim, delay_s=delay, logs=_lines(logs))
-            return [_logs_event(claim, logs)], "retried"
-        error = f"Gave up after {claim.attempts} attempts: {error}"
-    values: dict[str, Any] = {"append_logs": _lines(logs)}
-    if error is None:
-        values |= {
-            "output": output,
-            "metrics": {
-                "predict_time": round(outcome.predict_time, 6),
-                "batch_size": outcome.batch_size,
-            },
-        }
-    else:
-        values["error"] = error
-    status = PredictionStatus.FAILED if error else PredictionStatus.SUCCEEDED
-    if not predictions.update_status(session, **common, status=status, **values):
-        log.info("prediction %s was canceled or taken over; outcome discarded", claim.id)
-        return [], None
-    if error is None and not outcome.streamed:
-        return [(claim.id, "output", output), _logs_event(claim, logs)], status
-    return [_logs_event(claim, logs)], status
-
-
-def _lines(lines: list[str]) -> str:
-    return "".join(f"{line}\n" for line in lines)
-
-
-def _logs_event(claim: Claim, lines: list[str]) -> events.Event:
-    return (claim.id, "logs", "\n".join(lines))

@@ -18,7 +18,10 @@ from db.webhook_guard import get_guard_settings
 from workers import kombu_fixes
 from workers.settings import get_worker_settings
 
+# args [prediction_ids, version_id]: ids of one version, at most MAX_IDS_PER_MESSAGE of them
+# (a plain str id is accepted too: messages of an older API).
 RUN_PREDICTION_TASK = "quern.predictions.run"
+MAX_IDS_PER_MESSAGE = 64
 # Webhook deliveries have their own queue (and workers), so slow receivers never hold model workers.
 WEBHOOKS_QUEUE = "webhooks"
 DELIVER_WEBHOOK_TASK = "quern.webhooks.deliver"
@@ -51,8 +54,10 @@ app.conf.update(
     # in-process batcher (workers/batcher.py), and models load once per process. Torch
     # releases the GIL while it computes; cancellation and timeouts are cooperative here.
     worker_pool="threads",
-    # Up to this many predictions of this process are in flight (running or waiting for a
-    # batch): it caps the batch size a process can reach, so keep it >= max_batch_size.
+    # Up to this many messages of this process are in flight (running or waiting for a batch),
+    # each of up to MAX_IDS_PER_MESSAGE predictions. One-id messages (light load) can reach
+    # batches of this size only, so keep it >= max_batch_size; under load a process may hold
+    # up to concurrency x MAX_IDS_PER_MESSAGE predictions that other workers cannot take.
     worker_concurrency=settings.concurrency,
     # One reserved message per thread and no more: a message waiting in the prefetch buffer
     # past the visibility timeout would be delivered twice, and reserved work is invisible to
@@ -94,9 +99,14 @@ _task_context = threading.local()
 
 @task_prerun.connect  # type: ignore[untyped-decorator]
 def _bind_task_ids(task_id: str, task: Any, args: Any = (), **_: Any) -> None:
-    """Celery's lines about a task (retry, failure, success) carry its id and prediction id."""
-    prediction_id = args[0] if task.name == RUN_PREDICTION_TASK and args else None
-    _task_context.tokens = log_format.bind(task_id=task_id, prediction_id=prediction_id)
+    """Celery's lines about a task (retry, failure, success) carry its id and prediction ids."""
+    ids = args[0] if task.name == RUN_PREDICTION_TASK and args else None
+    if isinstance(ids, list) and len(ids) == 1:
+        ids = ids[0]
+    many = isinstance(ids, list)
+    _task_context.tokens = log_format.bind(
+        task_id=task_id, prediction_id=None if many else ids, prediction_ids=ids if many else None
+    )
 
 
 @task_postrun.connect  # type: ignore[untyped-decorator]

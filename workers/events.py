@@ -11,13 +11,11 @@ failure nothing is tried for a second, so a model streaming tokens does not wait
 on every step.
 """
 
-import json
 import logging
 import math
 import threading
 import time
 from functools import lru_cache
-from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -34,7 +32,7 @@ TIMEOUT_S = 0.5
 PAUSE_AFTER_FAILURE_S = 1.0
 WARN_EVERY_S = 60.0
 
-Event = tuple[str, str, Any]  # (prediction id, "output" or "logs", value)
+Event = tuple[str, str, str]  # (prediction id, "output" or "logs", the value as JSON)
 
 _lock = threading.Lock()
 _paused_until = 0.0
@@ -66,9 +64,10 @@ def publish_many(events: list[Event]) -> bool:
     if not events:
         return True
     pipe = client().pipeline(transaction=False)
-    for prediction_id, event, value in events:
-        fields = {"event": event, "data": json.dumps(value)}
+    for prediction_id, event, data in events:
+        fields = {"event": event, "data": data}
         pipe.xadd(key(prediction_id), fields, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
+    for prediction_id in {prediction_id for prediction_id, _, _ in events}:
         pipe.expire(key(prediction_id), TTL_S)
     try:
         pipe.execute()

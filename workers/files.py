@@ -5,6 +5,7 @@ only URLs ever reach the prediction, its events and webhooks. Files are written 
 output that will be stored, of an attempt that still runs its prediction.
 """
 
+import json
 import re
 from typing import Any
 
@@ -21,6 +22,26 @@ from workers.settings import get_worker_settings
 CONTENT_TYPE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,48}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,48}"
 )
+
+
+def encode(output: Any) -> str | None:
+    """`output` as JSON text when it plainly holds no file and nothing PostgreSQL refuses (the
+    usual case, checked at C speed); None when it needs `store`."""
+    try:
+        text = json.dumps(output, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError):  # a FileOutput, NaN, or not JSON at all
+        return None
+    if "\\u0000" in text or not (text.isascii() or _is_utf8(text)):
+        return None
+    return text
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def store(session: Session, *, claim: Claim, output: Any) -> tuple[Any, str | None]:

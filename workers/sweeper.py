@@ -3,19 +3,20 @@
 Every worker process runs one, but a transaction-scoped advisory lock lets only one sweep at
 a time. A sweep: fails or re-queues predictions whose worker died (lease ran out), aborts
 queued ones past their deadline, forgets idempotency keys older than 24 h, and publishes a
-message for every queued prediction that has none (Redis was down at create time, a retry
-delay is over, or the message was lost).
+message for the queued predictions that have none (Redis was down at create time, a retry
+delay is over, or the message was lost): one per version, up to MAX_IDS_PER_MESSAGE ids each.
 """
 
 import logging
 import threading
 import time
+from collections import defaultdict
 
 from sqlalchemy import func, select
 
 from db.repositories import idempotency_keys, predictions
 from db.session import session_scope
-from workers.celery_app import RUN_PREDICTION_TASK, app, prediction_queue
+from workers.celery_app import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, app, prediction_queue
 from workers.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,19 @@ def sweep() -> int:
         log.info(
             "sweeper: %d lost with their worker, %d past their deadline", len(lost), len(aborted)
         )
-    unsent = []
+    groups: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
     for item in due:
-        try:
-            app.send_task(
-                RUN_PREDICTION_TASK,
-                args=[item.id, item.version_id],
-                queue=prediction_queue(item.hardware),
-            )
-        except Exception:
-            unsent.append(item.id)
+        groups[item.version_id, item.hardware].append(item.id)
+    unsent: list[str] = []
+    for (version_id, hardware), ids in groups.items():
+        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+            chunk = ids[start : start + MAX_IDS_PER_MESSAGE]
+            try:
+                app.send_task(
+                    RUN_PREDICTION_TASK, args=[chunk, version_id], queue=prediction_queue(hardware)
+                )
+            except Exception:
+                unsent += chunk
     if unsent:
         log.warning("sweeper: could not publish %d predictions; will try again", len(unsent))
         with session_scope() as session:

@@ -6,9 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentUser, SettingsDep, Transaction, TransactionDep
+from api.deps import CurrentUser, ListenerDep, SettingsDep, TransactionDep
 from api.errors import PROBLEMS
+from api.queue import Publisher
 from api.schemas.auth import USERNAME_PATTERN
 from api.schemas.models import MODEL_NAME_PATTERN
 from api.schemas.predictions import (
@@ -21,6 +23,8 @@ from api.services import predictions
 from api.services.streams import prediction_events
 from api.services.waiting import WaitingResponse, parse_prefer_wait
 from api.settings import ApiSettings
+from api.status_listener import StatusListener
+from db.ids import new_id
 from db.tables import User
 
 # A comment line this often keeps proxies from closing a quiet stream.
@@ -82,58 +86,94 @@ CreateHeadersDep = Annotated[CreateHeaders, Depends(create_headers)]
 
 
 @router.post("", status_code=201, response_model=PredictionOut)
-def create_prediction(
+async def create_prediction(
     body: PredictionCreate,
     request: Request,
     response: Response,
-    tx: TransactionDep,
     user: CurrentUser,
     settings: SettingsDep,
+    listener: ListenerDep,
     headers: CreateHeadersDep,
-) -> PredictionOut | Response:
+) -> Response:
     """Validate the input, store the prediction, queue it. Returns at once with `starting`,
     unless `Prefer: wait` asks to wait for the result."""
-    return _create(body, request, response, tx, user, settings, headers)
+    return await _create(body, request, response, user, settings, listener, headers)
 
 
 @model_router.post("/{owner}/{name}/predictions", status_code=201, response_model=PredictionOut)
-def create_model_prediction(
+async def create_model_prediction(
     owner: Annotated[str, Path(pattern=USERNAME_PATTERN)],
     name: Annotated[str, Path(pattern=MODEL_NAME_PATTERN)],
     body: PredictionRequest,
     request: Request,
     response: Response,
-    tx: TransactionDep,
     user: CurrentUser,
     settings: SettingsDep,
+    listener: ListenerDep,
     headers: CreateHeadersDep,
-) -> PredictionOut | Response:
+) -> Response:
     """Run the model's latest version: the same as `POST /v1/predictions` with
     `"model": "owner/name"`."""
     create = PredictionCreate(model=f"{owner}/{name}", **body.model_dump())
-    return _create(create, request, response, tx, user, settings, headers)
+    return await _create(create, request, response, user, settings, listener, headers)
 
 
-def _create(
+async def _create(
     body: PredictionCreate,
     request: Request,
     response: Response,
-    tx: Transaction,
     user: User,
     settings: ApiSettings,
+    listener: StatusListener,
     headers: CreateHeaders,
-) -> PredictionOut | Response:
+) -> Response:
+    """Answered directly (not through `response_model`): the object is built and checked once."""
     wait_s = parse_prefer_wait(headers.prefer)
     base_url = _base_url(request)
-    prediction, replayed = predictions.create(
-        tx, user, body, base_url, settings, headers.cancel_after, headers.idempotency_key
+    publisher: Publisher = request.state.publisher
+    watching = None
+    if headers.idempotency_key is None:
+        prediction_id = new_id()
+        # Watched before the row exists: no change can go unheard, so no first read.
+        watching = listener.watch(prediction_id) if wait_s is not None else None
+        try:
+            prediction = await predictions.create(
+                request.state.pool,
+                publisher,
+                listener.versions,
+                user,
+                body,
+                base_url,
+                settings,
+                headers.cancel_after,
+                prediction_id,
+            )
+        except BaseException:
+            if watching is not None:
+                listener.unwatch(prediction_id, watching)
+            raise
+    else:
+        prediction, replayed = await run_in_threadpool(
+            predictions.create_idempotent,
+            publisher,
+            user,
+            body,
+            base_url,
+            settings,
+            headers.cancel_after,
+            headers.idempotency_key,
+        )
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+    if wait_s is not None:
+        load = partial(predictions.load_async, request.state.pool, user, prediction.id, base_url)
+        return WaitingResponse(prediction, wait_s, load, response.headers, watching)
+    return Response(
+        prediction.model_dump_json(),
+        201,
+        headers=dict(response.headers),
+        media_type="application/json",
     )
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    if wait_s is None:
-        return prediction
-    load = partial(predictions.load, user, prediction.id, base_url)
-    return WaitingResponse(prediction, wait_s, load, response.headers)
 
 
 @router.get("", response_model=PredictionPage)

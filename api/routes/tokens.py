@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response
 
-from api.deps import CurrentUser, SettingsDep, TransactionDep
+from api.deps import CurrentUser, ListenerDep, SettingsDep, TransactionDep
 from api.errors import PROBLEMS
 from api.schemas.tokens import ApiTokenCreated, ApiTokenList, TokenCreate
 from api.services import tokens
@@ -25,7 +25,11 @@ def list_tokens(tx: TransactionDep, user: CurrentUser) -> ApiTokenList:
 
 
 @router.delete("/{token_id}", status_code=204, response_class=Response)
-def revoke_token(token_id: str, tx: TransactionDep, user: CurrentUser) -> Response:
+def revoke_token(
+    token_id: str, tx: TransactionDep, user: CurrentUser, listener: ListenerDep
+) -> Response:
     """Revoke at once: the next request with it is 401."""
     tokens.revoke(tx.session, user, token_id)
+    # Other processes hear the announcement; this one forgets before it answers.
+    tx.after_commit.append(listener.principals.clear)
     return Response(status_code=204)

@@ -95,21 +95,20 @@ def _message(error: ValidationError) -> str:
 
 
 def validate_input(
-    schema: dict[str, Any], given: dict[str, Any], max_string_chars: int
+    validator: Draft202012Validator, given: dict[str, Any], max_string_chars: int
 ) -> dict[str, Any]:
-    """The input to store: `given` plus the schema's top-level defaults. 422 if invalid."""
+    """The input to store: `given` plus the schema's top-level defaults. 422 if invalid.
+    `validator` is the version's, compiled once (api/services/versions.py)."""
     invalid = [
         {"field": path, "message": reason}
         for path, reason in unstorable(given, "input", max_string_chars)
     ]
     if not invalid:
         filled = dict(given)
-        for name, prop in schema.get("properties", {}).items():
+        for name, prop in validator.schema.get("properties", {}).items():
             if name not in filled and isinstance(prop, dict) and "default" in prop:
                 filled[name] = prop["default"]
-        errors = sorted(
-            input_validator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path)
-        )
+        errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
         invalid = [item for error in errors for item in _describe(error)]
     if invalid:
         raise Unprocessable(f"Invalid input: {summarize(invalid)}", invalid_fields=invalid)

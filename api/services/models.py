@@ -13,7 +13,7 @@ from api.schemas.models import (
     VersionPage,
 )
 from db.ids import is_id
-from db.repositories import models
+from db.repositories import cache_notices, models
 from db.repositories.models import ModelWithOwner
 from db.tables import ModelVersion, User
 
@@ -65,6 +65,8 @@ def create_version(session: Session, owner: str, name: str, body: VersionCreate)
     arrives, so it is served without restarting them."""
     row = _find(session, owner, name)
     version = models.create_version(session, model_id=row.model.id, **body.model_dump())
+    # API processes drop their cached `owner/name` → latest version once this commits.
+    cache_notices.announce(session, what=cache_notices.VERSIONS)
     return VersionOut.model_validate(version)
 
 

@@ -7,9 +7,12 @@ import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
-from api import metrics
+from psycopg_pool import AsyncConnectionPool
+from starlette.concurrency import run_in_threadpool
+
+from api import database, metrics
+from api.cache import Cache
 from api.deps import Transaction, owner_scope
 from api.errors import (
     BadRequest,
@@ -19,47 +22,29 @@ from api.errors import (
     TooManyRequests,
     Unprocessable,
 )
-from api.queue import enqueue_prediction
+from api.queue import Publisher
 from api.schemas.predictions import (
     PredictionCreate,
     PredictionOut,
     PredictionPage,
 )
+from api.services import versions
 from api.services.inputs import validate_input
+from api.services.versions import Version
 from api.settings import ApiSettings
 from db import log_format, webhook_guard
-from db.ids import is_id
+from db.ids import is_id, new_id
 from db.prediction_object import prediction_object
-from db.repositories import idempotency_keys, models, predictions
-from db.repositories.predictions import UNFINISHED, Cursor, PredictionWithModel
+from db.repositories import idempotency_keys, predictions, predictions_async
+from db.repositories.predictions import UNFINISHED, Backlog, Cursor, PredictionWithModel
 from db.session import session_scope
-from db.tables import ALL_EVENTS, ModelVersion, PredictionStatus, User
+from db.tables import ALL_EVENTS, Prediction, PredictionStatus, User
 
 log = logging.getLogger(__name__)
 
 
 def to_out(row: PredictionWithModel, base_url: str) -> PredictionOut:
     return PredictionOut.model_validate(prediction_object(row.prediction, row.model, base_url))
-
-
-def _resolve_version(tx: Transaction, body: PredictionCreate) -> tuple[ModelVersion, str]:
-    if body.version is not None:
-        found = models.get_version(tx.session, id=body.version)
-        if found is None:
-            raise Unprocessable(
-                f"No model version {body.version!r}",
-                invalid_fields=[{"field": "version", "message": "No such model version"}],
-            )
-        return found
-    assert body.model is not None
-    owner, _, name = body.model.partition("/")
-    model = models.get(tx.session, owner=owner, name=name)
-    if model is None or model.latest_version is None:
-        reason = "No such model" if model is None else "Model has no versions"
-        raise Unprocessable(
-            f"{reason}: {body.model!r}", invalid_fields=[{"field": "model", "message": reason}]
-        )
-    return model.latest_version, model.ref
 
 
 CANCEL_AFTER = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,6})m)?(?:(\d{1,8})s)?$")
@@ -105,16 +90,8 @@ def _replay(tx: Transaction, user: User, key: str, request_hash: str) -> str | N
     return seen.prediction_id
 
 
-def _check_backlog(
-    tx: Transaction, user: User, version_id: str, model_ref: str, settings: ApiSettings
-) -> None:
-    found = predictions.backlog(
-        tx.session,
-        version_id=version_id,
-        owner_id=user.id,
-        version_limit=settings.max_queued_per_version,
-        owner_limit=settings.max_in_flight_per_user,
-    )
+def _refuse(found: Backlog, model_ref: str, settings: ApiSettings) -> None:
+    """429 when the caller has too many in flight, 503 when the version's queue is full."""
     if found.unfinished_for_owner >= settings.max_in_flight_per_user:
         raise TooManyRequests(
             f"You have {settings.max_in_flight_per_user} predictions in flight, the most "
@@ -129,55 +106,127 @@ def _check_backlog(
         )
 
 
-def create(
-    tx: Transaction,
+def _deadline(cancel_after: str | None) -> datetime | None:
+    return None if cancel_after is None else datetime.now(UTC) + parse_cancel_after(cancel_after)
+
+
+async def create(
+    pool: AsyncConnectionPool,
+    publisher: Publisher,
+    cache: Cache[Version],
     user: User,
     body: PredictionCreate,
     base_url: str,
     settings: ApiSettings,
     cancel_after: str | None = None,
-    idempotency_key: str | None = None,
-) -> tuple[PredictionOut, bool]:
-    """The new prediction, or with an Idempotency-Key seen before, the one it created (then the
-    flag is True)."""
-    deadline = (
-        None if cancel_after is None else datetime.now(UTC) + parse_cancel_after(cancel_after)
-    )
-    events = _check_webhook(body)  # before any query: a slow resolver holds no connection
-    if idempotency_key is not None:
-        request_hash = _request_hash(body, cancel_after)
-        replayed = _replay(tx, user, idempotency_key, request_hash)
-        if replayed is not None:
-            return get(tx, user, replayed, base_url), True
-    version, model_ref = _resolve_version(tx, body)
-    validated = validate_input(version.input_schema, body.input, settings.max_input_string_chars)
-    _check_backlog(tx, user, version.id, model_ref, settings)
-    prediction = predictions.create(
-        tx.session,
+    prediction_id: str | None = None,
+) -> PredictionOut:
+    """The new prediction (`prediction_id`, or a new id): stored (backlog checked in the same
+    statement) and committed in one round trip, then handed to the publisher. Nothing here
+    waits on a thread but a cache miss or a webhook's DNS lookup."""
+    deadline = _deadline(cancel_after)
+    events = None if body.webhook is None else await run_in_threadpool(_check_webhook, body)
+    version = await versions.resolve(cache, body)
+    validated = validate_input(version.validator, body.input, settings.max_input_string_chars)
+    prediction_id = prediction_id or new_id()
+    async with database.connection(pool) as conn:
+        created = await predictions_async.create_within_limits(
+            conn,
+            id=prediction_id,
+            owner_id=user.id,
+            version_id=version.id,
+            input=validated,
+            deadline=deadline,
+            webhook=body.webhook,
+            webhook_events_filter=events,
+            version_limit=settings.max_queued_per_version,
+            owner_limit=settings.max_in_flight_per_user,
+        )
+    if created.created_at is None:
+        _refuse(created.backlog, version.model_ref, settings)
+    log_format.prediction_id.set(prediction_id)
+    log.debug("prediction created for version %s", version.id)
+    publisher.submit(prediction_id, version.id, version.hardware)
+    metrics.CREATED.labels(version.model_ref).inc()
+    prediction = Prediction(
+        id=prediction_id,
         owner_id=user.id,
         version_id=version.id,
         input=validated,
+        output=None,
+        logs="",
+        error=None,
+        status=PredictionStatus.STARTING,
+        attempts=0,
+        metrics={},
+        created_at=created.created_at,
+        started_at=None,
+        completed_at=None,
         deadline=deadline,
         webhook=body.webhook,
         webhook_events_filter=events,
     )
-    # This thread-pool call runs in a copy of the request's context: the id stays with it.
-    log_format.prediction_id.set(prediction.id)
-    if idempotency_key is not None:
+    return to_out(PredictionWithModel(prediction, version.model_ref), base_url)
+
+
+def create_idempotent(
+    publisher: Publisher,
+    user: User,
+    body: PredictionCreate,
+    base_url: str,
+    settings: ApiSettings,
+    cancel_after: str | None,
+    idempotency_key: str,
+) -> tuple[PredictionOut, bool]:
+    """With an Idempotency-Key (in the thread pool, one transaction): the new prediction, or
+    the one an earlier request with the key created (then the flag is True)."""
+    deadline = _deadline(cancel_after)
+    events = _check_webhook(body)  # before any query: a slow resolver holds no connection
+    request_hash = _request_hash(body, cancel_after)
+    with session_scope() as session:
+        tx = Transaction(session)
+        replayed = _replay(tx, user, idempotency_key, request_hash)
+        if replayed is not None:
+            return get(tx, user, replayed, base_url), True
+        version = versions.load(session, body)
+        validated = validate_input(version.validator, body.input, settings.max_input_string_chars)
+        _refuse(
+            predictions.backlog(
+                session,
+                version_id=version.id,
+                owner_id=user.id,
+                version_limit=settings.max_queued_per_version,
+                owner_limit=settings.max_in_flight_per_user,
+            ),
+            version.model_ref,
+            settings,
+        )
+        prediction = predictions.create(
+            session,
+            owner_id=user.id,
+            version_id=version.id,
+            input=validated,
+            deadline=deadline,
+            webhook=body.webhook,
+            webhook_events_filter=events,
+        )
+        log_format.prediction_id.set(prediction.id)
         idempotency_keys.put(
-            tx.session,
+            session,
             owner_id=user.id,
             key=idempotency_key,
             request_hash=request_hash,
             prediction_id=prediction.id,
         )
-    tx.after_commit.append(partial(_enqueue, prediction.id, version.id, version.hardware))
-    tx.after_commit.append(metrics.CREATED.labels(model_ref).inc)
-    return to_out(PredictionWithModel(prediction, model_ref), base_url), False
+    log.debug("prediction created for version %s", version.id)
+    publisher.submit(prediction.id, version.id, version.hardware)
+    metrics.CREATED.labels(version.model_ref).inc()
+    return to_out(PredictionWithModel(prediction, version.model_ref), base_url), False
 
 
 def _check_webhook(body: PredictionCreate) -> list[str] | None:
-    """The events to send (all by default), once the SSRF guard accepts the webhook."""
+    """The events to send (all by default), once the SSRF guard accepts the webhook (it
+    resolves the host: blocking)."""
     if body.webhook is None:
         return None
     try:
@@ -187,20 +236,6 @@ def _check_webhook(body: PredictionCreate) -> list[str] | None:
             f"webhook: {exc}", invalid_fields=[{"field": "webhook", "message": str(exc)}]
         ) from None
     return [str(event) for event in body.webhook_events_filter or ALL_EVENTS]
-
-
-def _enqueue(prediction_id: str, version_id: str, hardware: str) -> None:
-    """After commit. If Redis is down, say so in the row: the workers' sweeper sends it later."""
-    # Called from the transaction dependency's exit: another thread-pool call than create's.
-    log_format.prediction_id.set(prediction_id)
-    if enqueue_prediction(prediction_id, version_id, hardware):
-        log.info("prediction created and queued for version %s", version_id)
-    else:
-        try:
-            with session_scope() as session:
-                predictions.mark_not_enqueued(session, ids=[prediction_id])
-        except Exception:  # then the sweeper finds it by the age of its enqueue mark
-            log.exception("could not mark prediction %s as not enqueued", prediction_id)
 
 
 def find(tx: Transaction, user: User, prediction_id: str) -> PredictionWithModel:
@@ -223,6 +258,17 @@ def load(user: User, prediction_id: str, base_url: str) -> PredictionOut:
     """`get` in a transaction of its own: for code that runs after the request's has ended."""
     with session_scope() as session:
         return get(Transaction(session), user, prediction_id, base_url)
+
+
+async def load_async(
+    pool: AsyncConnectionPool, user: User, prediction_id: str, base_url: str
+) -> PredictionOut:
+    """`load` on the event loop (no thread hop, no ORM): what `Prefer: wait` reads."""
+    async with database.connection(pool) as conn:
+        row = await predictions_async.get(conn, id=prediction_id, owner_id=owner_scope(user))
+    if row is None:  # deleted with its owner meanwhile
+        raise NotFound(f"No prediction {prediction_id!r}")
+    return to_out(row, base_url)
 
 
 def cancel(tx: Transaction, user: User, prediction_id: str, base_url: str) -> PredictionOut:

@@ -9,7 +9,7 @@ from api.schemas.tokens import ApiTokenCreated, ApiTokenList, ApiTokenOut, Token
 from api.security import hash_api_token, new_api_token
 from api.settings import ApiSettings
 from db.ids import is_id
-from db.repositories import api_tokens
+from db.repositories import api_tokens, cache_notices
 from db.tables import User
 
 # PostgreSQL stores later instants, but one past 9999-12-31 in the session's time zone (as
@@ -55,5 +55,7 @@ def list_tokens(session: Session, user: User) -> ApiTokenList:
 
 
 def revoke(session: Session, user: User, token_id: str) -> None:
+    """Every API process drops its cached callers when this commits (cache_notices)."""
     if not is_id(token_id) or not api_tokens.revoke(session, id=token_id, user_id=user.id):
         raise NotFound(f"No API token {token_id!r}")
+    cache_notices.announce(session, what=cache_notices.PRINCIPALS)

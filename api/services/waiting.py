@@ -3,17 +3,17 @@
 The endpoint stores and commits as usual, then returns a `WaitingResponse`. Starlette sends it
 after the request's transaction is over, so the wait holds no database connection and no
 thread: it sleeps on the process's status listener (PostgreSQL LISTEN) until the prediction is
-terminal, the time is up, or the client hangs up.
+terminal, the time is up, or the client hangs up, then reads the row once, on the event loop.
 """
 
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
-from fastapi.responses import JSONResponse, Response
+import psycopg
+from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from api.errors import BadRequest
@@ -24,6 +24,8 @@ from db.tables import PredictionStatus
 MAX_WAIT_S = 60
 # While the listener is reconnecting nothing would wake a waiter: it reads the row this often.
 RECHECK_S = 2.0
+# Reads the prediction as it is now.
+Load = Callable[[], Awaitable[PredictionOut]]
 _WAIT = re.compile(r'^\s*wait\s*(?:=\s*"?([^",;\s]*)"?)?\s*(?:;.*)?$', re.IGNORECASE)
 
 
@@ -48,57 +50,83 @@ def is_finished(prediction: PredictionOut) -> bool:
 
 
 async def wait_until_finished(
-    prediction: PredictionOut, timeout_s: float, load: Callable[[], PredictionOut]
+    prediction: PredictionOut,
+    timeout_s: float,
+    load: Load,
+    changed: asyncio.Event,
+    *,
+    unheard: bool,
 ) -> PredictionOut:
-    """The prediction once terminal, or as it is when `timeout_s` runs out."""
+    """The prediction once terminal, or as it is when `timeout_s` runs out. `changed` is the
+    listener's event for it; `unheard`: it may have finished before the watch began."""
     listener = status_listener()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with listener.finished(prediction.id) as changed:
-        prediction = await run_in_threadpool(load)  # it may have finished before we listened
-        while not is_finished(prediction) and (remaining := deadline - loop.time()) > 0:
-            timeout = remaining if listener.connected else min(remaining, RECHECK_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout)
-            changed.clear()
-            prediction = await run_in_threadpool(load)
+    if unheard:
+        prediction = await load()
+    while not is_finished(prediction) and (remaining := deadline - loop.time()) > 0:
+        timeout = remaining if listener.connected else min(remaining, RECHECK_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+        changed.clear()
+        prediction = await load()
     return prediction
 
 
 class WaitingResponse(Response):
     """201 with the prediction as it is when finished or when the wait is over; unfinished, it
-    also carries `Location` (poll there)."""
+    also carries `Location` (poll there).
+
+    `watching`: the listener's event for a prediction this request watched since before its
+    row existed (then no change can have gone unheard, and no first read is needed); this
+    response stops the watch. Without it, the response watches from now on, and reads first.
+    """
 
     def __init__(
         self,
         prediction: PredictionOut,
         wait_s: int,
-        load: Callable[[], PredictionOut],
+        load: Load,
         headers: Mapping[str, str],
+        watching: asyncio.Event | None = None,
     ) -> None:
         super().__init__(status_code=201)
         self.prediction, self.wait_s, self.load = prediction, wait_s, load
+        self.watching = watching
         self.extra_headers = {**headers, "Preference-Applied": f"wait={wait_s}"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        listener = status_listener()
+        changed = self.watching or listener.watch(self.prediction.id)
+        try:
+            prediction = await self._wait(receive, changed)
+        finally:
+            listener.unwatch(self.prediction.id, changed)
+        if prediction is None:  # the client left: nobody to answer
+            return
+        headers = dict(self.extra_headers)
+        if not is_finished(prediction):
+            headers["Location"] = prediction.urls.get
+        response = Response(prediction.model_dump_json(), 201, headers=headers,
+                            media_type="application/json")  # fmt: skip
+        await response(scope, receive, send)
+
+    async def _wait(self, receive: Receive, changed: asyncio.Event) -> PredictionOut | None:
         waiting = asyncio.ensure_future(
-            wait_until_finished(self.prediction, self.wait_s, self.load)
+            wait_until_finished(
+                self.prediction, self.wait_s, self.load, changed, unheard=self.watching is None
+            )
         )
         hung_up = asyncio.ensure_future(_disconnected(receive))
         await asyncio.wait({waiting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
         hung_up.cancel()
-        if not waiting.done():  # the client left: nobody to answer
+        if not waiting.done():
             waiting.cancel()
-            return
+            return None
         try:
-            prediction = waiting.result()
-        except SQLAlchemyError:  # the database went away meanwhile: answer with what we know
-            prediction = self.prediction
-        headers = dict(self.extra_headers)
-        if not is_finished(prediction):
-            headers["Location"] = prediction.urls.get
-        response = JSONResponse(prediction.model_dump(mode="json"), 201, headers=headers)
-        await response(scope, receive, send)
+            return waiting.result()
+        except (SQLAlchemyError, psycopg.Error):  # the database went away: answer what we know
+            return self.prediction
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from db.tables import Model, ModelVersion, Prediction, PredictionStatus, User
@@ -86,6 +86,7 @@ class Claim:
     attempts: int  # this attempt's number: only its owner may record the outcome
     deadline: datetime | None
     owner_id: str  # who the prediction's files belong to
+    webhook_events: frozenset[str] = frozenset()  # the events its webhook wants, if it has one
 
 
 def seconds(value: float | ColumnElement[float]) -> ColumnElement[Any]:
@@ -171,35 +172,36 @@ def mark_not_enqueued(session: Session, *, ids: builtins.list[str]) -> None:
 def claim(session: Session, *, ids: builtins.list[str], lease_s: float) -> builtins.list[Claim]:
     """Move those of `ids` that may start now to `processing`, under a lease of `lease_s`.
 
-    Those past their deadline become `aborted`. The rest (canceled, finished, waiting out a
-    retry delay, or claimed by another delivery) are left as they are. Claims come back in the
-    order of `ids` (arrival order), whatever order PostgreSQL returns the rows in.
+    Those past their deadline become `aborted` (in the same statement). The rest (canceled,
+    finished, waiting out a retry delay, or claimed by another delivery) are left as they are.
+    Claims come back in the order of `ids` (arrival order), whatever order PostgreSQL returns
+    the rows in.
     """
-    abort_expired(session, ids=ids)
-    rows = session.execute(
-        update(Prediction)
-        .where(
-            Prediction.id.in_(ids),
-            Prediction.status == PredictionStatus.STARTING,
-            or_(Prediction.next_attempt_at.is_(None), Prediction.next_attempt_at <= func.now()),
-        )
-        .values(
-            status=PredictionStatus.PROCESSING,
-            started_at=func.now(),
-            attempts=Prediction.attempts + 1,
-            lease_expires_at=func.now() + seconds(lease_s),
-        )
-        .returning(
-            Prediction.id,
-            Prediction.input,
-            Prediction.attempts,
-            Prediction.deadline,
-            Prediction.owner_id,
-        )
-    )
-    position = {id: index for index, id in enumerate(ids)}
-    claims = [Claim(row.id, row.input, row.attempts, row.deadline, row.owner_id) for row in rows]
+    rows = session.execute(_CLAIM, {"ids": ids, "lease_s": lease_s, "expired": _EXPIRED})
+    position = {id: index for index, id in enumerate(dict.fromkeys(ids))}
+    claims = [
+        Claim(id, input, attempts, deadline, owner_id, frozenset(webhook_events or ()))
+        for id, input, attempts, deadline, owner_id, webhook_events in rows
+    ]
     return sorted(claims, key=lambda claim: position[claim.id])
+
+
+# Plain SQL on the worker's hot path: built once, no per-call statement construction.
+_EXPIRED = "The deadline passed before the prediction started"
+_CLAIM = text("""
+    WITH aborted AS (
+        UPDATE predictions SET status = 'aborted', completed_at = now(), error = :expired
+        WHERE id = ANY(CAST(:ids AS text[])) AND status = 'starting' AND deadline <= now()
+    )
+    UPDATE predictions
+    SET status = 'processing', started_at = now(), attempts = attempts + 1,
+        lease_expires_at = now() + make_interval(secs => :lease_s)
+    WHERE id = ANY(CAST(:ids AS text[])) AND status = 'starting'
+        AND (deadline IS NULL OR deadline > now())
+        AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    RETURNING id, input, attempts, deadline, owner_id,
+        CASE WHEN webhook IS NOT NULL THEN webhook_events_filter END
+""")
 
 
 def renew_leases(session: Session, *, claims: builtins.list[Claim], lease_s: float) -> None:
@@ -233,6 +235,60 @@ def retry_later(session: Session, *, claim: Claim, delay_s: float, logs: str) ->
         )
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Fate:
+    """What `record` writes for one attempt. `status` None: canceled while it ran, so only
+    its logs are kept; `starting`: run it again once `retry_in_s` has passed."""
+
+    id: str
+    attempts: int
+    status: str | None
+    logs: str
+    output: str | None = None  # JSON text
+    error: str | None = None
+    metrics: str | None = None  # JSON text
+    retry_in_s: float = 0.0
+
+
+def record(session: Session, *, fates: builtins.list[Fate]) -> dict[str, bool]:
+    """Write every fate in one statement, each only while its attempt still owns the row
+    (`processing`, same attempt number); a row canceled meanwhile keeps `canceled` and gets the
+    logs. Returns {id: whether its fate was applied} for the rows written (not applied: canceled,
+    logs only); a missing id belongs to another attempt now."""
+    if not fates:
+        return {}
+    columns = {name: [getattr(fate, name) for fate in fates] for name in _FATE_COLUMNS}
+    return {id: bool(applied) for id, applied in session.execute(_RECORD, columns)}
+
+
+_FATE_COLUMNS = {
+    "id": "text", "attempts": "int", "status": "text", "logs": "text", "output": "text",
+    "error": "text", "metrics": "text", "retry_in_s": "float8",
+}  # fmt: skip
+# Applied: the attempt still owns the row. Otherwise (canceled meanwhile) only logs are added.
+_APPLYING = "p.status = 'processing' AND v.status IS NOT NULL"
+_RETRYING = f"{_APPLYING} AND v.status = 'starting'"
+_RECORD = text(f"""
+    UPDATE predictions AS p SET
+        status = CASE WHEN {_APPLYING} THEN v.status ELSE p.status END,
+        output = CASE WHEN {_APPLYING} THEN CAST(v.output AS jsonb) ELSE p.output END,
+        error = CASE WHEN {_APPLYING} THEN v.error ELSE p.error END,
+        metrics = CASE WHEN {_APPLYING}
+            THEN coalesce(CAST(v.metrics AS jsonb), p.metrics) ELSE p.metrics END,
+        logs = p.logs || v.logs,
+        lease_expires_at = CASE WHEN {_APPLYING} THEN NULL ELSE p.lease_expires_at END,
+        completed_at = CASE WHEN {_APPLYING} AND v.status <> 'starting'
+            THEN now() ELSE p.completed_at END,
+        next_attempt_at = CASE WHEN {_RETRYING}
+            THEN now() + make_interval(secs => v.retry_in_s) ELSE p.next_attempt_at END,
+        enqueued_at = CASE WHEN {_RETRYING} THEN NULL ELSE p.enqueued_at END
+    FROM unnest({", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _FATE_COLUMNS.items())})
+        AS v({", ".join(_FATE_COLUMNS)})
+    WHERE p.id = v.id AND p.attempts = v.attempts AND p.status IN ('processing', 'canceled')
+    RETURNING p.id, p.status = v.status AND p.error IS NOT DISTINCT FROM v.error
+""")  # noqa: S608 (only constants are formatted in)
 
 
 def requeue_lost(
@@ -376,10 +432,3 @@ def lock_attempt(session: Session, *, claim: Claim) -> bool:
         .with_for_update()
     )
     return locked is not None
-
-
-def add_logs(session: Session, *, id: str, logs: str) -> None:
-    """Logs of an attempt that was canceled while it ran: kept, though the status is final."""
-    session.execute(
-        update(Prediction).where(Prediction.id == id).values(logs=Prediction.logs + logs)
-    )

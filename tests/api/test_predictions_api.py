@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import API_REDIS_URL
 from tests.helpers import assert_problem, count_predictions, register_and_login
+from tests.processes import wait_until
 
 EMBED = "quern/all-minilm-l6-v2"
 LLM = "quern/smollm2-135m-instruct"
@@ -57,11 +58,13 @@ def test_create_enqueues_only_the_ids_after_commit(client: TestClient, auth) -> 
     broker = redis.Redis.from_url(API_REDIS_URL)
     broker.delete("predictions.cpu")
     prediction = create(client, auth, model=EMBED, input={"text": "queued"})
+    # The publisher thread sends it right after the answer.
+    wait_until(lambda: broker.llen("predictions.cpu") > 0, 5, "the message")
     messages = [json.loads(raw) for raw in broker.lrange("predictions.cpu", 0, -1)]
     assert len(messages) == 1
     assert messages[0]["headers"]["task"] == "quern.predictions.run"
     args = json.loads(base64.b64decode(messages[0]["body"]))[0]
-    assert args == [prediction["id"], prediction["version"]]
+    assert args == [[prediction["id"]], prediction["version"]]
 
 
 @pytest.mark.parametrize(

@@ -139,3 +139,41 @@ def test_the_task_returns_only_after_its_prediction_is_recorded(
     for thread in threads:
         thread.join(timeout=30)
     assert all(load(id).status == "succeeded" for id in ids)
+
+
+def test_one_message_of_many_ids_runs_them_in_one_batch_and_returns_once_all_are_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    predictor = use(monkeypatch, Recording)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=50)
+    ids = [create_prediction_row(version, text="a" * n) for n in range(1, 4)]
+    run_prediction.run([*ids, ids[0]], version)  # a duplicate id in the same message
+    assert predictor.batches == [["a", "aa", "aaa"]]
+    assert [(p.status, p.output, p.attempts) for p in map(load, ids)] == [
+        ("succeeded", [1.0], 1), ("succeeded", [2.0], 1), ("succeeded", [3.0], 1),
+    ]  # fmt: skip
+
+
+def test_a_message_of_an_older_api_with_one_plain_id_still_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use(monkeypatch, Recording)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=0)
+    prediction_id = create_prediction_row(version, text="old")
+    run_prediction.run(prediction_id, version)
+    assert (load(prediction_id).status, load(prediction_id).output) == ("succeeded", [3.0])
+
+
+def test_a_redelivered_message_runs_only_the_ids_not_yet_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    predictor = use(monkeypatch, Recording)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=0)
+    done, fresh = (
+        create_prediction_row(version, text="1"),
+        create_prediction_row(version, text="22"),
+    )
+    run_prediction.run([done], version)
+    run_prediction.run([done, fresh], version)  # the same message again, with one more id
+    assert predictor.batches == [["1"], ["22"]]
+    assert [load(id).attempts for id in (done, fresh)] == [1, 1]

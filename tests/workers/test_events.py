@@ -22,7 +22,7 @@ from models.text_generation import RowStreamer
 from tests.conftest import API_REDIS_URL
 from tests.helpers import create_prediction_row, create_version, new_username
 from tests.workers.stubs import Recording, load, run_together, use
-from workers import batches, events, runtime
+from workers import batches, events, recording, runtime
 from workers.settings import get_worker_settings
 
 Entries = list[tuple[str, Any]]
@@ -66,7 +66,7 @@ def at_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Entries]:
     """Each prediction's stream as it stood right after the worker's commit that made it
     terminal: what the API drains when PostgreSQL tells it the prediction is done."""
     seen: dict[str, Entries] = {}
-    real_scope = batches.session_scope
+    real_scope = recording.session_scope
 
     @contextmanager
     def spied_scope() -> Iterator[Any]:
@@ -80,14 +80,14 @@ def at_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Entries]:
             ):
                 seen[prediction_id] = stream(prediction_id)
 
-    real_record_one = batches._record_one
+    real_fate = recording._fate
 
-    def watching_record_one(session: Any, claim: Any, *args: Any) -> Any:
+    def watching_fate(session: Any, claim: Any, *args: Any) -> Any:
         session.info.setdefault("watched", []).append(claim.id)
-        return real_record_one(session, claim, *args)
+        return real_fate(session, claim, *args)
 
-    monkeypatch.setattr(batches, "session_scope", spied_scope)
-    monkeypatch.setattr(batches, "_record_one", watching_record_one)
+    monkeypatch.setattr(recording, "session_scope", spied_scope)
+    monkeypatch.setattr(recording, "_fate", watching_fate)
     return seen
 
 

@@ -21,7 +21,7 @@ from models.base import stop_requested
 from tests.helpers import create_prediction_row, create_version
 from tests.processes import wait_until
 from tests.workers.stubs import Recording, load, run_together, use
-from workers import batches, running, sweeper
+from workers import recording, running, sweeper
 from workers.settings import WorkerSettings, get_worker_settings
 
 
@@ -97,7 +97,7 @@ def test_a_transient_failure_retries_with_backoff_until_it_succeeds(
 def test_a_delivery_during_the_retry_delay_does_not_start_the_prediction(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(batches, "retry_delay", lambda attempt, base, cap: 30.0)
+    monkeypatch.setattr(recording, "retry_delay", lambda attempt, base, cap: 30.0)
     predictor = use(monkeypatch, OutOfMemoryTwice)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version)
@@ -109,7 +109,7 @@ def test_a_delivery_during_the_retry_delay_does_not_start_the_prediction(
 def test_retry_delays_use_full_jitter_under_a_growing_capped_ceiling() -> None:
     random.seed(7)
     for attempt, ceiling in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (10, 30.0)):
-        delays = [batches.retry_delay(attempt, 1.0, 30.0) for _ in range(2000)]
+        delays = [recording.retry_delay(attempt, 1.0, 30.0) for _ in range(2000)]
         assert 0 <= min(delays) < ceiling * 0.05 and ceiling * 0.95 < max(delays) <= ceiling
 
 

@@ -57,9 +57,19 @@ def test_batch_lines_carry_the_batchs_prediction_ids_and_the_culprits_id(
     assert log_format.context_fields() == {}  # nothing left behind in this thread
 
 
-def test_celery_lines_about_a_task_carry_its_id_and_prediction_id() -> None:
+@pytest.mark.parametrize(
+    ("ids", "fields"),
+    [
+        (["p-1", "p-2"], {"prediction_ids": ["p-1", "p-2"]}),
+        (["p-1"], {"prediction_id": "p-1"}),
+        ("p-1", {"prediction_id": "p-1"}),  # a message of an older API
+    ],
+)
+def test_celery_lines_about_a_task_carry_its_id_and_prediction_ids(
+    ids: Any, fields: dict[str, Any]
+) -> None:
     task = run_prediction
-    task_prerun.send(sender=task, task_id="task-1", task=task, args=["p-1", "v-1"], kwargs={})
-    assert log_format.context_fields() == {"prediction_id": "p-1", "task_id": "task-1"}
-    task_postrun.send(sender=task, task_id="task-1", task=task, args=["p-1", "v-1"], kwargs={})
+    task_prerun.send(sender=task, task_id="task-1", task=task, args=[ids, "v-1"], kwargs={})
+    assert log_format.context_fields() == {**fields, "task_id": "task-1"}
+    task_postrun.send(sender=task, task_id="task-1", task=task, args=[ids, "v-1"], kwargs={})
     assert log_format.context_fields() == {}

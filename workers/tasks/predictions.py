@@ -1,10 +1,15 @@
-"""The prediction task: join the version's next batch, return once the outcome is recorded.
+"""The prediction task: join the version's next batches, return once every outcome is recorded.
 
-Returning is what acks the message (late acks), so a worker that dies before the outcome is
-in PostgreSQL leaves the message to be delivered again. A database outage retries the
-message after a short delay (seconds: far below the visibility timeout); longer waits live
-in PostgreSQL (`next_attempt_at`) and the sweeper.
+A message carries the ids of predictions of one version created around the same time (the
+API groups them: one message, task thread and set of task events for many predictions), or
+one id as a plain string (messages of an older API). Returning is what acks the message (late
+acks), so a worker that dies before every outcome is in PostgreSQL leaves the message to be
+delivered again; the ids already recorded are then skipped by the claim. A database outage
+retries the message after a short delay (seconds: far below the visibility timeout); longer
+waits live in PostgreSQL (`next_attempt_at`) and the sweeper.
 """
+
+from concurrent.futures import wait
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -20,5 +25,10 @@ from workers.celery_app import RUN_PREDICTION_TASK, app
     retry_jitter=True,
     max_retries=20,
 )
-def run_prediction(prediction_id: str, version_id: str) -> None:
-    batcher_for(version_id).submit(prediction_id).result()
+def run_prediction(prediction_ids: list[str] | str, version_id: str) -> None:
+    ids = [prediction_ids] if isinstance(prediction_ids, str) else prediction_ids
+    batcher = batcher_for(version_id)
+    futures = [batcher.submit(id) for id in dict.fromkeys(ids)]
+    wait(futures)  # all settled before the ack, even when one failed
+    for future in futures:
+        future.result()

@@ -2,7 +2,7 @@
 EVERY_S per prediction.
 
 The batch runner tells this module what it claims (`watch`: which predictions want these
-events, one query per batch), hands it every streamed chunk (`output_chunks`, on the model's
+events, as the claim found them), hands it every streamed chunk (`output_chunks`, on the model's
 thread: it only counts and, when due, queues a write for another thread), then what it
 records (`record`, in the recording transaction: the output of a model that did not stream,
 each attempt's logs) and finally `forget`s the batch. A streamed `output` event carries the
@@ -20,12 +20,14 @@ from sqlalchemy.orm import Session
 
 from db import log_format
 from db.repositories import webhook_deliveries
+from db.repositories.predictions import Claim
 from db.session import session_scope
 from db.tables import WebhookEvent
 
 log = logging.getLogger(__name__)
 
 EVERY_S = 0.5
+PROGRESS = frozenset(webhook_deliveries.PROGRESS_EVENTS)
 
 _lock = threading.Lock()
 _wanted: dict[str, frozenset[str]] = {}  # prediction id -> events wanted of output, logs
@@ -35,15 +37,13 @@ _sent_at: dict[tuple[str, str], float] = {}  # (prediction id, event) -> monoton
 _writer = log_format.ContextThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-output")
 
 
-def watch(session: Session, prediction_ids: list[str]) -> None:
+def watch(claims: list[Claim]) -> None:
     """At claim time: learn which of these predictions want `output` or `logs` events (an
     attempt starts afresh: nothing is left of an earlier one that was never recorded)."""
-    forget(prediction_ids)
-    if not prediction_ids:
-        return
-    wanted = webhook_deliveries.progress_filters(session, prediction_ids=prediction_ids)
+    forget(claim.id for claim in claims)
+    wanted = {claim.id: claim.webhook_events & PROGRESS for claim in claims}
     with _lock:
-        _wanted.update(wanted)
+        _wanted.update({id: events for id, events in wanted.items() if events})
 
 
 def forget(prediction_ids: Iterable[str]) -> None:
@@ -94,6 +94,8 @@ def _add_output(prediction_id: str, output: Any) -> None:
 
 def record(session: Session, events: Iterable[tuple[str, str, Any]]) -> None:
     """In the transaction recording these events (prediction id, "output" or "logs", value)."""
+    if not _wanted:  # no webhook of this process wants progress events: nothing to lock
+        return
     with _lock:
         due = [(p, WebhookEvent(e)) for p, e, _ in events if _due(p, e)]
     for prediction_id, event in due:

@@ -1,0 +1,129 @@
+"""Creating a prediction on the API's hot path: one statement on an autocommit psycopg
+connection, so it is one round trip and durable when it returns.
+
+The statement counts the backlog (each count only up to its limit, cheap at any depth) and
+inserts the row only when both counts are under their limits. Like the two-step check of the
+Idempotency-Key path (`backlog`, then `create`), it takes no lock: concurrent creates may
+overshoot a limit by a few.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from db.repositories.predictions import Backlog, PredictionWithModel
+from db.tables import Prediction
+
+_CREATE_WITHIN_LIMITS = """
+WITH queued AS (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM predictions
+        WHERE version_id = %(version_id)s AND status = 'starting'
+        LIMIT %(version_limit)s
+    ) AS rows
+), in_flight AS (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM predictions
+        WHERE owner_id = %(owner_id)s AND status IN ('starting', 'processing')
+        LIMIT %(owner_limit)s
+    ) AS rows
+), inserted AS (
+    INSERT INTO predictions (
+        id, owner_id, version_id, input, deadline, webhook, webhook_events_filter,
+        status, enqueued_at
+    )
+    SELECT %(id)s, %(owner_id)s, %(version_id)s, %(input)s, %(deadline)s, %(webhook)s,
+        %(webhook_events_filter)s, 'starting', now()
+    FROM queued, in_flight
+    WHERE queued.n < %(version_limit)s AND in_flight.n < %(owner_limit)s
+    RETURNING created_at
+)
+SELECT queued.n, in_flight.n, (SELECT created_at FROM inserted) FROM queued, in_flight
+"""
+
+
+@dataclass(frozen=True)
+class Created:
+    """`created_at` of the new `starting` row (marked as enqueued: the caller publishes it),
+    or None when the backlog was at a limit and nothing was inserted."""
+
+    created_at: datetime | None
+    backlog: Backlog
+
+
+async def create_within_limits(
+    conn: AsyncConnection[Any],
+    *,
+    id: str,
+    owner_id: str,
+    version_id: str,
+    input: dict[str, Any],
+    deadline: datetime | None,
+    webhook: str | None,
+    webhook_events_filter: list[str] | None,
+    version_limit: int,
+    owner_limit: int,
+) -> Created:
+    cursor = await conn.execute(
+        _CREATE_WITHIN_LIMITS,
+        {
+            "id": id,
+            "owner_id": owner_id,
+            "version_id": version_id,
+            "input": Jsonb(input),
+            "deadline": deadline,
+            "webhook": webhook,
+            "webhook_events_filter": webhook_events_filter,
+            "version_limit": version_limit,
+            "owner_limit": owner_limit,
+        },
+    )
+    row = await cursor.fetchone()
+    assert row is not None  # the final SELECT always has one row
+    queued, in_flight, created_at = row
+    return Created(created_at, Backlog(queued_for_version=queued, unfinished_for_owner=in_flight))
+
+
+_GET = """
+SELECT p.id, p.owner_id, p.version_id, p.input, p.output, p.logs, p.error, p.status,
+    p.attempts, p.metrics, p.created_at, p.started_at, p.completed_at, p.deadline,
+    p.webhook, p.webhook_events_filter, u.username || '/' || m.name
+FROM predictions p
+JOIN model_versions v ON v.id = p.version_id
+JOIN models m ON m.id = v.model_id
+JOIN users u ON u.id = m.owner_id
+WHERE p.id = %(id)s AND (%(owner_id)s::text IS NULL OR p.owner_id = %(owner_id)s)
+"""
+_FIELDS = [
+    "id",
+    "owner_id",
+    "version_id",
+    "input",
+    "output",
+    "logs",
+    "error",
+    "status",
+    "attempts",
+    "metrics",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "deadline",
+    "webhook",
+    "webhook_events_filter",
+]
+
+
+async def get(
+    conn: AsyncConnection[Any], *, id: str, owner_id: str | None = None
+) -> PredictionWithModel | None:
+    """`predictions.get` in one round trip on the event loop: for `Prefer: wait`, which reads
+    the row once it is finished. A detached row, never added to a session."""
+    cursor = await conn.execute(_GET, {"id": id, "owner_id": owner_id})
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    return PredictionWithModel(Prediction(**dict(zip(_FIELDS, row[:-1], strict=True))), row[-1])

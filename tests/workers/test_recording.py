@@ -1,0 +1,109 @@
+"""A batch's outcomes written in one statement, fenced by attempt: real rows in PostgreSQL."""
+
+import json
+
+from db.repositories import predictions
+from db.repositories.predictions import UNFINISHED, Claim, Fate
+from db.session import session_scope
+from db.tables import PredictionStatus
+from tests.helpers import create_prediction_row
+from tests.workers.stubs import load
+from workers import recording
+from workers.recording import Outcome
+
+
+def claim(*ids: str) -> list[Claim]:
+    with session_scope() as session:
+        return predictions.claim(session, ids=list(ids), lease_s=60)
+
+
+def cancel(prediction_id: str) -> None:
+    with session_scope() as session:  # what POST /v1/predictions/{id}/cancel does
+        predictions.update_status(
+            session, id=prediction_id, from_statuses=UNFINISHED, status=PredictionStatus.CANCELED
+        )
+
+
+def test_every_fate_of_a_batch_is_written_by_one_statement() -> None:
+    ids = [create_prediction_row() for _ in range(4)]
+    claims = claim(*ids)
+    with session_scope() as session:
+        applied = predictions.record(
+            session,
+            fates=[
+                Fate(ids[0], 1, "succeeded", "ok\n", output="[1.5]", metrics='{"batch_size": 4}'),
+                Fate(ids[1], 1, "failed", "bad\n", error="I refuse"),
+                Fate(ids[2], 1, "canceled", "late\n", output='"part"', error="Deadline"),
+                Fate(ids[3], 1, "starting", "again\n", retry_in_s=30.0),
+            ],
+        )
+    assert applied == dict.fromkeys(ids, True) and len(claims) == 4
+    ok, bad, late, again = map(load, ids)
+    assert (ok.status, ok.output, ok.metrics, ok.logs) == (
+        "succeeded",
+        [1.5],
+        {"batch_size": 4},
+        "ok\n",
+    )
+    assert (bad.status, bad.error, bad.output) == ("failed", "I refuse", None)
+    assert (late.status, late.output, late.error) == ("canceled", "part", "Deadline")
+    for finished in (ok, bad, late):
+        assert finished.completed_at is not None and finished.lease_expires_at is None
+    assert (again.status, again.enqueued_at, again.completed_at) == ("starting", None, None)
+    assert again.next_attempt_at is not None and again.lease_expires_at is None
+
+
+def test_a_prediction_canceled_meanwhile_keeps_canceled_and_gets_the_logs() -> None:
+    canceled, kept = create_prediction_row(), create_prediction_row()
+    claim(canceled, kept)
+    cancel(canceled)
+    with session_scope() as session:
+        applied = predictions.record(
+            session,
+            fates=[
+                Fate(canceled, 1, "succeeded", "Predicted\n", output="[1]"),
+                Fate(kept, 1, "succeeded", "Predicted\n", output="[2]"),
+            ],
+        )
+    assert applied == {canceled: False, kept: True}
+    row = load(canceled)
+    assert (row.status, row.output, row.logs) == ("canceled", None, "Predicted\n")
+    assert load(kept).output == [2]
+
+
+def test_a_stale_attempt_writes_nothing() -> None:
+    prediction_id = create_prediction_row()
+    (first,) = claim(prediction_id)
+    with session_scope() as session:  # the sweeper took it back; a second attempt claims it
+        predictions.update_status(
+            session,
+            id=prediction_id,
+            from_statuses=(PredictionStatus.PROCESSING,),
+            status=PredictionStatus.STARTING,
+        )
+    (second,) = claim(prediction_id)
+    with session_scope() as session:
+        stale = Fate(prediction_id, first.attempts, "succeeded", "stale\n", output="[0]")
+        assert predictions.record(session, fates=[stale]) == {}
+    row = load(prediction_id)
+    assert (row.status, row.attempts, row.output, row.logs) == ("processing", 2, None, "")
+    assert second.attempts == 2
+
+
+def test_the_recorder_publishes_output_and_logs_only_for_what_it_wrote() -> None:
+    written, canceled, stale = (create_prediction_row() for _ in range(3))
+    claims = claim(written, canceled, stale)
+    cancel(canceled)
+    published: list[tuple[str, str, str]] = []
+    claims[2] = Claim(stale, {}, claims[2].attempts - 1, None, claims[2].owner_id)
+    real = recording.events.publish_many
+    try:
+        recording.events.publish_many = lambda events: published.extend(events) or True  # type: ignore[assignment]
+        recording.record(claims, [Outcome(output=[7.0], batch_size=3)] * 3, [], "test/model")
+    finally:
+        recording.events.publish_many = real  # type: ignore[method-assign]
+    assert [(id, event) for id, event, _ in published] == [
+        (written, "output"), (written, "logs"), (canceled, "logs"),
+    ]  # fmt: skip
+    assert json.loads(published[0][2]) == [7.0] and load(written).output == [7.0]
+    assert load(canceled).status == "canceled" and load(stale).status == "processing"

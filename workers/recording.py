@@ -1,0 +1,124 @@
+"""Recording a batch's outcomes: one UPDATE for the whole batch, one Redis pipeline for its
+events, one transaction.
+
+Only the attempt that claimed a prediction may record it (the UPDATE is fenced by attempt
+number), and a prediction canceled meanwhile keeps `canceled` and gets its logs. Events go out
+before the commit: the API ends a prediction's event stream once it sees the final status,
+so the stream must already hold everything by then.
+"""
+
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from db.repositories import predictions
+from db.repositories.predictions import Claim, Fate
+from db.session import session_scope
+from db.tables import PredictionStatus
+from workers import events, files, metrics, running
+from workers.settings import get_worker_settings
+from workers.webhooks import progress as webhook_progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the model made of one claim."""
+
+    output: Any = None
+    error: str | None = None
+    transient: bool = False  # worth another attempt (out of memory even alone)
+    predict_time: float = 0.0
+    batch_size: int = 0
+    streamed: bool = False  # the model emitted its output in chunks as it ran
+
+
+def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))] (AWS's backoff advice)."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
+
+
+def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str], model: str) -> None:
+    """Write every outcome in one statement and one transaction, publish the events of those
+    written, then count the final fates."""
+    with session_scope() as session:
+        pairs = zip(claims, outcomes, strict=True)
+        fates = [_fate(session, claim, outcome, notes) for claim, outcome in pairs]
+        applied = predictions.record(session, fates=[fate for fate, _ in fates])
+        published: list[events.Event] = []
+        for fate, output_event in fates:
+            if fate.id not in applied:
+                log.info("prediction %s was taken over or finished; outcome discarded", fate.id)
+                continue
+            if applied[fate.id] and output_event is not None:
+                published.append(output_event)
+            published.append((fate.id, "logs", json.dumps(fate.logs[:-1])))  # lines, not ended
+        events.publish_many(published)
+        webhook_progress.record(session, published)
+    webhook_progress.forget(claim.id for claim in claims)
+    counted = Counter(fate.status for fate, _ in fates if applied.get(fate.id))
+    for status, count in counted.items():
+        if status == PredictionStatus.STARTING:
+            metrics.RETRIES.labels(model).inc(count)
+        else:
+            metrics.FINISHED.labels(model, status).inc(count)
+
+
+def _fate(
+    session: Session, claim: Claim, outcome: Outcome, notes: list[str]
+) -> tuple[Fate, events.Event | None]:
+    """What to write for one claim, and the output event to publish if it is written (the
+    whole output of a model that did not stream)."""
+    settings = get_worker_settings()
+    logs = list(notes)
+    error = outcome.error
+    output = None
+    if error is None:
+        logs.append(f"Predicted in {outcome.predict_time:.3f}s (batch of {outcome.batch_size})")
+        output = files.encode(outcome.output)
+        if output is None:  # files, or something to explain: the slow path
+            stored, error = files.store(session, claim=claim, output=outcome.output)
+            output = None if error else _json(stored)
+            if output is None and error is None:
+                error = f"The model returned a value that is not JSON: {type(stored).__name__}"
+    if error is not None:
+        error = error.replace("\x00", "\\0")  # a model's message may hold anything
+
+    def fate(status: str | None, **values: Any) -> Fate:
+        return Fate(claim.id, claim.attempts, status, _lines(logs), **values)
+
+    stop = running.stop_reason(claim)
+    if stop == "canceled":
+        logs.append("Canceled while running: stopped at the next step")
+        return fate(None), None  # the API canceled (and counted) it
+    if stop is not None:
+        logs.append(f"Canceled: {stop}")
+        return fate(PredictionStatus.CANCELED, output=output, error=stop), None
+    if outcome.transient:
+        if claim.attempts < settings.max_attempts:
+            delay = retry_delay(claim.attempts, settings.retry_base_s, settings.retry_cap_s)
+            logs.append(f"Attempt {claim.attempts} failed ({error}); retrying in {delay:.2f}s")
+            return fate(PredictionStatus.STARTING, retry_in_s=delay), None
+        error = f"Gave up after {claim.attempts} attempts: {error}"
+    if error is not None or output is None:
+        return fate(PredictionStatus.FAILED, error=error), None
+    measured = {"predict_time": round(outcome.predict_time, 6), "batch_size": outcome.batch_size}
+    succeeded = fate(PredictionStatus.SUCCEEDED, output=output, metrics=json.dumps(measured))
+    return succeeded, None if outcome.streamed else (claim.id, "output", output)
+
+
+def _json(value: Any) -> str | None:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _lines(lines: list[str]) -> str:
+    return "".join(f"{line}\n" for line in lines)
