@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 # [prediction_ids, version_id], at most MAX_IDS_PER_MESSAGE ids of one version.
 RUN_PREDICTION_TASK = "quern.predictions.run"
 MAX_IDS_PER_MESSAGE = 64
-# After the first id, wait this long for others to share its message: under load a message
-# then carries many ids, at the cost of this much latency when it carries one.
+# Under load (the last message carried several ids), wait this long after the first id for
+# others to share its message; a create at low load is sent at once.
 LINGER_S = 0.002
 
 
@@ -76,14 +76,17 @@ class Publisher:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        company = False  # the last send carried more than one prediction: creates are busy
         while True:
             taken = [self._queue.get()]
-            time.sleep(LINGER_S)
+            if company:  # a lone create at low load goes at once
+                time.sleep(LINGER_S)
             while True:
                 try:
                     taken.append(self._queue.get_nowait())
                 except Empty:
                     break
+            company = len(taken) > 1
             publish([item for item in taken if item is not None])
             if None in taken:
                 return

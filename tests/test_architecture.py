@@ -23,7 +23,7 @@ def test_a_worker_starts_without_torch_so_cuda_is_touched_only_where_models_run(
     code = (
         "import sys, workers.celery_app\n"
         "workers.celery_app.app.loader.import_default_modules()\n"
-        "import workers.batches, workers.runtime, workers.sweeper, workers.running\n"
+        "import workers.batches, workers.runtime, workers.sweeper, workers.leases\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY})\n"
         "assert not heavy, heavy\n"
     )
@@ -34,12 +34,13 @@ def test_a_worker_starts_without_torch_so_cuda_is_touched_only_where_models_run(
 def test_api_and_workers_agree_on_task_name_queue_and_visibility_timeout() -> None:
     from api import queue
     from api.settings import get_api_settings
-    from workers import celery_app
+    from workers import celery_app, contract
 
     celery_app.app.loader.import_default_modules()  # what a worker does at start
-    assert queue.RUN_PREDICTION_TASK == celery_app.RUN_PREDICTION_TASK
+    assert queue.RUN_PREDICTION_TASK == contract.RUN_PREDICTION_TASK
+    assert queue.MAX_IDS_PER_MESSAGE == contract.MAX_IDS_PER_MESSAGE
     for hardware in ("cpu", "gpu"):
-        assert queue.prediction_queue(hardware) == celery_app.prediction_queue(hardware)
+        assert queue.prediction_queue(hardware) == contract.prediction_queue(hardware)
     assert queue.RUN_PREDICTION_TASK in celery_app.app.tasks
     task = celery_app.app.tasks[queue.RUN_PREDICTION_TASK]
     assert list(inspect.signature(task.run).parameters) == ["prediction_ids", "version_id"]
