@@ -185,5 +185,7 @@ def configure_logging(level: int | str = logging.INFO, fmt: str | None = None) -
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
+        if name == "uvicorn.access" and not logger.handlers and not logger.propagate:
+            continue  # `uvicorn --no-access-log` left it so: uvicorn then skips the line's cost
         logger.handlers.clear()
         logger.propagate = True
