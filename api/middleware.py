@@ -8,10 +8,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import problem
 from db import log_format
 
+# Every answer is one caller's data (tokens, secrets, outputs): never kept by a cache (unless
+# the route says otherwise, as file downloads do), sniffed into another type, framed, or
+# leaking its URL as a referrer.
+DEFAULT_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
 
 class RequestId:
     """Tag each request with an id (the client's X-Request-ID, or a new one) for logs and
-    errors, and answer it in X-Request-ID. Plain ASGI: no task or stream per request."""
+    errors, and answer it in X-Request-ID, with the security headers. Plain ASGI: no task or
+    stream per request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -30,7 +41,10 @@ class RequestId:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = [*message.get("headers", ()), header]
+                present = {name.lower() for name, _ in headers}
+                headers += [item for item in DEFAULT_HEADERS if item[0] not in present]
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_id)

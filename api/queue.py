@@ -28,7 +28,7 @@ RUN_PREDICTION_TASK = "quern.predictions.run"
 MAX_IDS_PER_MESSAGE = 64
 # Under load (the last message carried several ids), wait this long after the first id for
 # others to share its message; a create at low load is sent at once.
-LINGER_S = 0.002
+LINGER_S = 0.005
 
 
 def prediction_queue(hardware: str) -> str:

@@ -55,7 +55,14 @@ def decode_access_token(token: str, settings: ApiSettings) -> str:
             algorithms=[JWT_ALGORITHM],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
-            options={"require_exp": True, "require_sub": True, "require_iat": True},
+            # python-jose checks `aud` and `iss` only when present unless they are required.
+            options={
+                "require_exp": True,
+                "require_sub": True,
+                "require_iat": True,
+                "require_aud": True,
+                "require_iss": True,
+            },
         )
     except JWTError as exc:
         raise InvalidToken(str(exc)) from exc

@@ -79,6 +79,13 @@ def test_tampered_expired_foreign_and_unsigned_tokens_are_401(client: TestClient
     expired = jwt.encode(claims | {"exp": now - 10}, settings.jwt_secret, algorithm="HS256")
     foreign = jwt.encode(claims, "another-key-" + "x" * 32, algorithm="HS256")
     wrong_audience = jwt.encode(claims | {"aud": "other"}, settings.jwt_secret, algorithm="HS256")
+    # python-jose skips the audience and issuer checks when the claim is absent, unless required.
+    no_audience = jwt.encode(
+        {k: v for k, v in claims.items() if k != "aud"}, settings.jwt_secret, algorithm="HS256"
+    )
+    no_issuer = jwt.encode(
+        {k: v for k, v in claims.items() if k != "iss"}, settings.jwt_secret, algorithm="HS256"
+    )
     header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     payload = base64.urlsafe_b64encode(json.dumps(claims).encode())
     unsigned = f"{header.decode().rstrip('=')}.{payload.decode().rstrip('=')}."
@@ -88,7 +95,8 @@ def test_tampered_expired_foreign_and_unsigned_tokens_are_401(client: TestClient
     tampered_body = base64.urlsafe_b64encode(json.dumps(tampered_claims).encode()).decode()
     tampered = f"{head}.{tampered_body.rstrip('=')}.{signature}"
 
-    for token in (expired, foreign, wrong_audience, unsigned, tampered, "garbage", ""):
+    refused = (expired, foreign, wrong_audience, no_audience, no_issuer, unsigned, tampered)
+    for token in (*refused, "garbage", ""):
         response = client.get("/v1/predictions", headers={"Authorization": f"Bearer {token}"})
         assert_problem(response, 401)
     assert client.get("/v1/predictions", headers=headers).status_code == 200
