@@ -40,6 +40,8 @@ def prediction_object(p: Prediction, model: str, base_url: str) -> dict[str, Any
         },
         "webhook": p.webhook,
         "webhook_events_filter": p.webhook_events_filter,
+        "source": "api",
+        "data_removed": False,
     }
 
 

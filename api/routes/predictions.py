@@ -9,7 +9,7 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentUser, ListenerDep, SettingsDep, TransactionDep
-from api.errors import PROBLEMS
+from api.errors import PROBLEMS, NotFound, Unprocessable
 from api.queue import Publisher
 from api.schemas.auth import USERNAME_PATTERN
 from api.schemas.models import MODEL_NAME_PATTERN
@@ -44,8 +44,8 @@ CancelAfter = Annotated[
     Header(
         alias="Cancel-After",
         max_length=32,
-        description="Deadline: `30s`, `5m`, `1h`. Not started by then: `aborted`; "
-        "running then: `canceled`.",
+        description="Deadline: `30s`, `5m`, `1h` or `30` (seconds). Not started by then: "
+        "`aborted`; running then: `canceled`.",
     ),
 ]
 IdempotencyKey = Annotated[
@@ -115,7 +115,13 @@ async def create_model_prediction(
     """Run the model's latest version: the same as `POST /v1/predictions` with
     `"model": "owner/name"`."""
     create = PredictionCreate(model=f"{owner}/{name}", **body.model_dump())
-    return await _create(create, request, response, user, settings, listener, headers)
+    try:
+        return await _create(create, request, response, user, settings, listener, headers)
+    except Unprocessable as exc:
+        if exc.invalid_fields and exc.invalid_fields[0]["field"] == "model":
+            # The path names the model: a missing one is a missing resource, as on Replicate.
+            raise NotFound(exc.detail) from None
+        raise
 
 
 async def _create(

@@ -30,6 +30,12 @@ class PredictionRequest(RequestBody):
         "at most every 500 ms), `completed`.",
     )
 
+    stream: bool | None = Field(
+        default=None,
+        description="Accepted for Replicate's clients, which send it: every prediction can be "
+        "streamed from `urls.stream`.",
+    )
+
     @field_validator("webhook_events_filter")
     @classmethod
     def needs_webhook(
@@ -86,6 +92,10 @@ class PredictionOut(ResponseBody):
     metrics: PredictionMetrics
     webhook: str | None
     webhook_events_filter: list[str] | None
+    source: str = Field(default="api", description="How it was created, as on Replicate.")
+    data_removed: bool = Field(
+        default=False, description="Replicate's field; Quern keeps input and output."
+    )
 
 
 class PredictionPage(ResponseBody):

@@ -48,12 +48,14 @@ def to_out(row: PredictionWithModel, base_url: str) -> PredictionOut:
 
 
 CANCEL_AFTER = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,6})m)?(?:(\d{1,8})s)?$")
+SECONDS = re.compile(r"^\d{1,8}$")  # a bare number is seconds, as Replicate reads it
 MAX_CANCEL_AFTER = timedelta(days=7)
 
 
 def parse_cancel_after(value: str) -> timedelta:
-    """`30s`, `5m`, `1h`, `1h30m`: a duration from 1 s to 7 days."""
-    match = CANCEL_AFTER.match(value.strip())
+    """`30s`, `5m`, `1h`, `1h30m`, or `30` (seconds): a duration from 1 s to 7 days."""
+    text = value.strip()
+    match = CANCEL_AFTER.match(text + "s" if SECONDS.match(text) else text)
     if not value.strip() or match is None:
         raise BadRequest(f"Cancel-After {value!r} is not a duration like 30s, 5m, 1h or 1h30m")
     hours, minutes, seconds = (int(part or 0) for part in match.groups())

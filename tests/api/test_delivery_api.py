@@ -15,7 +15,8 @@ EMBED = "quern/all-minilm-l6-v2"
 
 
 @pytest.mark.parametrize(
-    ("header", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400)]
+    ("header", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("30", 30)],  # bare: seconds
 )
 def test_cancel_after_sets_the_deadline(
     client: TestClient, auth: dict[str, str], header: str, seconds: int
@@ -33,7 +34,7 @@ def test_cancel_after_sets_the_deadline(
     )
 
 
-@pytest.mark.parametrize("header", ["", "soon", "10", "0s", "8d", "1h1h", "-5s", "9999999h"])
+@pytest.mark.parametrize("header", ["", "soon", "0", "0s", "8d", "1h1h", "-5s", "9999999h"])
 def test_a_bad_cancel_after_is_400_naming_the_header(
     client: TestClient, auth: dict[str, str], header: str
 ) -> None:

@@ -31,6 +31,7 @@ def test_create_returns_the_replicate_shaped_object(client: TestClient, auth) ->
         "id", "model", "version", "input", "output", "logs", "error", "status",
         "created_at", "started_at", "completed_at", "urls", "metrics",
     }  # fmt: skip
+    assert prediction["source"] == "api" and prediction["data_removed"] is False
     assert prediction["urls"] == {
         "get": f"http://testserver/v1/predictions/{prediction['id']}",
         "cancel": f"http://testserver/v1/predictions/{prediction['id']}/cancel",
@@ -38,6 +39,12 @@ def test_create_returns_the_replicate_shaped_object(client: TestClient, auth) ->
     }
     fetched = client.get(f"/v1/predictions/{prediction['id']}", headers=auth).json()
     assert fetched == prediction
+
+
+def test_stream_true_from_replicates_clients_is_accepted(client: TestClient, auth) -> None:
+    """`replicate.stream(...)` sends it; every prediction streams from `urls.stream` anyway."""
+    prediction = create(client, auth, model=EMBED, input={"text": "hello"}, stream=True)
+    assert prediction["urls"]["stream"].endswith(f"/v1/predictions/{prediction['id']}/stream")
 
 
 def test_create_by_version_id(client: TestClient, auth) -> None:

@@ -180,7 +180,7 @@ def test_a_model_runs_its_latest_version_by_its_own_url(
     )  # fmt: skip
     unknown = client.post("/v1/models/nobody/nothing/predictions", json={"input": {}},
                           headers=auth)  # fmt: skip
-    assert_problem(unknown, 422, "model")
+    assert_problem(unknown, 404, "nobody/nothing")  # the path names it: a missing resource
 
 
 @pytest.mark.parametrize(
