@@ -106,6 +106,12 @@ async def limit_auth_attempts(request: Request, settings: SettingsDep) -> None:
     await rate_limits.hit(settings, "auth", f"ip:{client}")
 
 
+async def base_url(request: Request) -> str:
+    """Where this request reached the API: the root of the URLs in answers."""
+    return str(request.base_url).rstrip("/")
+
+
+BaseUrl = Annotated[str, Depends(base_url)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(get_admin)]
 AuthAttempt = Depends(limit_auth_attempts)

@@ -17,6 +17,14 @@ MODEL_TYPES = {
     "text-generation": "models.text_generation:TextGenerationPredictor",
     "text-to-image": "models.text_to_image:TextToImagePredictor",
 }
+# What each type's predict_batch returns for one input, as JSON Schema: text is one string
+# (streamed chunks concatenate to it), an embedding a list of numbers, images a list of file
+# URLs. A custom class's output is unknown: {}.
+OUTPUT_SCHEMAS: dict[str, dict[str, object]] = {
+    "embeddings": {"type": "array", "items": {"type": "number"}},
+    "text-generation": {"type": "string"},
+    "text-to-image": {"type": "array", "items": {"type": "string", "format": "uri"}},
+}
 CLASS_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 

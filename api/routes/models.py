@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import AdminUser, CurrentUser, TransactionDep
+from api.deps import AdminUser, BaseUrl, CurrentUser, TransactionDep
 from api.errors import PROBLEMS
 from api.schemas.models import (
     MODEL_NAME_PATTERN,
@@ -24,21 +24,25 @@ Name = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
 
 
 @router.get("", response_model=ModelPage)
-def list_models(tx: TransactionDep, user: CurrentUser) -> ModelPage:
+def list_models(base_url: BaseUrl, tx: TransactionDep, user: CurrentUser) -> ModelPage:
     """Every model with its latest version and input schema."""
-    return models.list_models(tx.session)
+    return models.list_models(tx.session, base_url)
 
 
 @router.post("", status_code=201, response_model=ModelOut)
-def create_model(body: ModelCreate, tx: TransactionDep, admin: AdminUser) -> ModelOut:
+def create_model(
+    body: ModelCreate, base_url: BaseUrl, tx: TransactionDep, admin: AdminUser
+) -> ModelOut:
     """Register a model as `<you>/<name>` (administrators only); add versions to it next."""
-    return models.create_model(tx.session, admin, body)
+    return models.create_model(tx.session, admin, body, base_url)
 
 
 @router.get("/{owner}/{name}", response_model=ModelOut)
-def get_model(owner: Owner, name: Name, tx: TransactionDep, user: CurrentUser) -> ModelOut:
+def get_model(
+    owner: Owner, name: Name, base_url: BaseUrl, tx: TransactionDep, user: CurrentUser
+) -> ModelOut:
     """One model with its latest version."""
-    return models.get_model(tx.session, owner, name)
+    return models.get_model(tx.session, owner, name, base_url)
 
 
 @router.post("/{owner}/{name}/versions", status_code=201, response_model=VersionOut)

@@ -63,7 +63,8 @@ Prefer = Annotated[
     Header(
         max_length=256,
         description="`wait` or `wait=N` (1-60 s): answer when the prediction is finished, "
-        "or after N seconds with it unfinished and a `Location` header to poll.",
+        "or after N seconds with status `starting` (as Replicate) and a `Location` header "
+        "to poll.",
     ),
 ]
 
@@ -217,9 +218,9 @@ def stream_prediction(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: `output` (each token or chunk; text as is, anything else as JSON),
-    `logs`, then `error` if it failed and `done` (`{"status": ...}`). Every event but the last two
-    has an id: reconnect with `Last-Event-ID` to resume without loss or repeats. Opened after
-    the end, it replays the output and ends."""
+    `logs`, then `error` if it failed and `done` (`{"status": ...}`). Every event has an id (the
+    last ones repeat the id before them): reconnect with `Last-Event-ID` to resume without loss
+    or repeats. Opened after the end, it replays the output and ends."""
     base_url = _base_url(request)
     prediction = predictions.get(tx, user, prediction_id, base_url)  # 404 if not yours
     load = partial(predictions.load, user, prediction.id, base_url)

@@ -1,8 +1,9 @@
 """Accounts and tokens."""
 
 from datetime import datetime
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, computed_field
 
 from api.schemas.base import RequestBody, ResponseBody
 
@@ -22,6 +23,19 @@ class UserOut(ResponseBody):
     username: str
     role: str
     created_at: datetime
+
+
+class AccountOut(UserOut):
+    """Replicate's account object, with Quern's fields. Quern has no organizations and no
+    display names: `name` is the username."""
+
+    type: Literal["user"] = "user"
+    github_url: None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def name(self) -> str:
+        return self.username
 
 
 class TokenOut(ResponseBody):

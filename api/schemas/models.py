@@ -1,24 +1,56 @@
 """The model registry as clients see it. Weights references stay on the server."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, computed_field, field_validator, model_validator
 
 from api.schemas.base import RequestBody, ResponseBody
+from api.services.cog_schema import COG_VERSION, openapi_schema
 from api.services.inputs import check_input_schema
 from models.registry import CLASS_PATH_PATTERN, CUSTOM, MODEL_TYPES
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
 
 
+Link = Annotated[str, StringConstraints(max_length=1024, pattern=r"^https?://[^\x00\s]+$")]
+
+
 class ModelCreate(RequestBody):
+    """Replicate's body; what Quern has no use for yet is accepted and said so below."""
+
+    owner: str | None = Field(
+        default=None,
+        max_length=39,
+        description="Your username, if given (Replicate's clients "
+        "send it): models are created under the caller's account only.",
+    )
     name: str = Field(
         pattern=MODEL_NAME_PATTERN,
         description="Letters, digits, `.`, `_`, `-`; 1-100 characters. The model is "
         "`<your username>/<name>`.",
     )
     description: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
+    visibility: Literal["public", "private"] = Field(
+        default="public",
+        description="`public` only: every signed-in user can see and run every model.",
+    )
+    hardware: str | None = Field(
+        default=None,
+        pattern=r"^(cpu|gpu[a-z0-9-]*)$",
+        description="Accepted and ignored: Quern sets hardware (`cpu` or `gpu`) on each version.",
+    )
+    github_url: Link | None = None
+    paper_url: Link | None = None
+    license_url: Link | None = None
+    cover_image_url: Link | None = None
+
+    @field_validator("visibility")
+    @classmethod
+    def public_only(cls, visibility: str) -> str:
+        if visibility != "public":
+            raise ValueError("Quern has no private models: every model is visible to all users")
+        return visibility
 
 
 ModelType = Literal[tuple([*MODEL_TYPES, CUSTOM])]  # type: ignore[valid-type]
@@ -73,12 +105,28 @@ class VersionOut(ResponseBody):
     max_batch_wait_ms: int
     run_timeout_s: int
     created_at: datetime
+    cog_version: str = COG_VERSION
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def openapi_schema(self) -> dict[str, Any]:
+        """Input and output in Cog's form (`components.schemas.Input/Output`)."""
+        return openapi_schema(self.model_type, self.input_schema)
 
 
 class ModelOut(ResponseBody):
+    url: str
     owner: str
     name: str
     description: str
+    visibility: Literal["public"] = "public"
+    github_url: str | None
+    paper_url: str | None
+    license_url: str | None
+    cover_image_url: str | None
+    run_count: int
+    default_example: None = None
+    is_official: bool = Field(description="Shipped with Quern (owned by its system account).")
     latest_version: VersionOut | None
 
 

@@ -3,7 +3,7 @@
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, Forbidden, NotFound
 from api.schemas.models import (
     ModelCreate,
     ModelOut,
@@ -15,23 +15,35 @@ from api.schemas.models import (
 from db.ids import is_id
 from db.repositories import cache_notices, models
 from db.repositories.models import ModelWithOwner
+from db.seed import SYSTEM_USER
 from db.tables import ModelVersion, User
 
+LINKS = ("github_url", "paper_url", "license_url", "cover_image_url")
 
-def to_out(row: ModelWithOwner) -> ModelOut:
-    latest = row.latest_version
+
+def to_out(row: ModelWithOwner, base_url: str, run_count: int) -> ModelOut:
+    """Replicate's model object; `url` is the model in this API (Quern has no web pages)."""
+    latest, model = row.latest_version, row.model
     return ModelOut(
+        url=f"{base_url}/v1/models/{row.ref}",
         owner=row.owner,
-        name=row.model.name,
-        description=row.model.description,
+        name=model.name,
+        description=model.description,
+        **{link: getattr(model, link) for link in LINKS},
+        run_count=run_count,
+        is_official=row.owner == SYSTEM_USER,
         latest_version=VersionOut.model_validate(latest) if latest else None,
     )
 
 
-def list_models(session: Session) -> ModelPage:
-    return ModelPage(
-        next=None, previous=None, results=[to_out(row) for row in models.list(session)]
-    )
+def _with_run_counts(session: Session, rows: list[ModelWithOwner], base_url: str) -> list[ModelOut]:
+    counts = models.run_counts(session, model_ids=[row.model.id for row in rows])
+    return [to_out(row, base_url, counts.get(row.model.id, 0)) for row in rows]
+
+
+def list_models(session: Session, base_url: str) -> ModelPage:
+    rows = models.list(session)
+    return ModelPage(next=None, previous=None, results=_with_run_counts(session, rows, base_url))
 
 
 def _find(session: Session, owner: str, name: str) -> ModelWithOwner:
@@ -41,23 +53,30 @@ def _find(session: Session, owner: str, name: str) -> ModelWithOwner:
     return row
 
 
-def get_model(session: Session, owner: str, name: str) -> ModelOut:
-    return to_out(_find(session, owner, name))
+def get_model(session: Session, owner: str, name: str, base_url: str) -> ModelOut:
+    return _with_run_counts(session, [_find(session, owner, name)], base_url)[0]
 
 
-def create_model(session: Session, owner: User, body: ModelCreate) -> ModelOut:
-    """A model owned by the caller, with no versions yet."""
+def create_model(session: Session, owner: User, body: ModelCreate, base_url: str) -> ModelOut:
+    """A model owned by the caller, with no versions yet. `visibility` is public (the schema
+    refuses private) and `hardware` is set per version, so neither is stored."""
+    if body.owner is not None and body.owner != owner.username:
+        raise Forbidden(f"You can create models as {owner.username} only, not {body.owner}")
     ref = f"{owner.username}/{body.name}"
     if models.get(session, owner=owner.username, name=body.name) is not None:
         raise Conflict(f"Model {ref} exists already")
     try:
         with session.begin_nested():
             model = models.create(
-                session, owner_id=owner.id, name=body.name, description=body.description
+                session,
+                owner_id=owner.id,
+                name=body.name,
+                description=body.description,
+                **body.model_dump(include=set(LINKS)),
             )
     except IntegrityError:  # created concurrently
         raise Conflict(f"Model {ref} exists already") from None
-    return to_out(ModelWithOwner(model, owner.username, None))
+    return to_out(ModelWithOwner(model, owner.username, None), base_url, run_count=0)
 
 
 def create_version(session: Session, owner: str, name: str, body: VersionCreate) -> VersionOut:

@@ -85,7 +85,7 @@ async def prediction_events(
             if changed.is_set() or not listener.connected:
                 changed.clear()
                 prediction = await run_in_threadpool(load)
-    for event in _ending(prediction, streamed, resumed):
+    for event in _ending(prediction, streamed, resumed, cursor):
         yield event
 
 
@@ -113,17 +113,22 @@ async def _first(*awaitables: Awaitable[Any], limit_s: float | None = None) -> A
     return tasks[0].result() if tasks[0] in done else None
 
 
-def _ending(prediction: PredictionOut, streamed: list[Any], resumed: bool) -> list[ServerSentEvent]:
+def _ending(
+    prediction: PredictionOut, streamed: list[Any], resumed: bool, cursor: str
+) -> list[ServerSentEvent]:
+    """The last events carry the last entry's id (`0-0`: none): Replicate's Python client drops
+    events until it has seen an id, and a reconnect from it has nothing newer to replay."""
     events = []
     output = prediction.output
     if prediction.status == "succeeded" and output is not None:
         missing = _unsent(output, streamed, resumed)
         if missing is not None:
             data = missing if isinstance(missing, str) else json.dumps(missing)
-            events.append(ServerSentEvent(data, event="output"))
+            events.append(ServerSentEvent(data, event="output", id=cursor))
     if prediction.error:
-        events.append(ServerSentEvent(prediction.error, event="error"))
-    events.append(ServerSentEvent(json.dumps({"status": prediction.status}), event="done"))
+        events.append(ServerSentEvent(prediction.error, event="error", id=cursor))
+    done = json.dumps({"status": prediction.status})
+    events.append(ServerSentEvent(done, event="done", id=cursor))
     return events
 
 

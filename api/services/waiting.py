@@ -74,8 +74,8 @@ async def wait_until_finished(
 
 
 class WaitingResponse(Response):
-    """201 with the prediction as it is when finished or when the wait is over; unfinished, it
-    also carries `Location` (poll there).
+    """201 with the prediction once finished, or, when the wait is over first, with status
+    `starting` and `Location` (poll there).
 
     `watching`: the listener's event for a prediction this request watched since before its
     row existed (then no change can have gone unheard, and no first read is needed); this
@@ -107,6 +107,9 @@ class WaitingResponse(Response):
         headers = dict(self.extra_headers)
         if not is_finished(prediction):
             headers["Location"] = prediction.urls.get
+            # As Replicate answers a wait that ran out: its clients read any other status
+            # here as finished. A GET tells whether it is running yet.
+            prediction = prediction.model_copy(update={"status": PredictionStatus.STARTING})
         response = Response(prediction.model_dump_json(), 201, headers=headers,
                             media_type="application/json")  # fmt: skip
         await response(scope, receive, send)

@@ -4,10 +4,10 @@ import builtins
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.tables import Model, ModelVersion, User
+from db.tables import Model, ModelVersion, Prediction, User
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,22 @@ def list_versions(session: Session, *, model_id: str) -> builtins.list[ModelVers
     )
 
 
-def create(session: Session, *, owner_id: str, name: str, description: str = "") -> Model:
-    model = Model(owner_id=owner_id, name=name, description=description)
+def run_counts(session: Session, *, model_ids: builtins.list[str]) -> dict[str, int]:
+    """Predictions per model, over all its versions; a model never run is absent."""
+    rows = session.execute(
+        select(ModelVersion.model_id, func.count(Prediction.id))
+        .join(Prediction, Prediction.version_id == ModelVersion.id)
+        .where(ModelVersion.model_id.in_(model_ids))
+        .group_by(ModelVersion.model_id)
+    ).all()
+    return {model_id: count for model_id, count in rows}
+
+
+def create(
+    session: Session, *, owner_id: str, name: str, description: str = "", **links: str | None
+) -> Model:
+    """`links`: github_url, paper_url, license_url, cover_image_url."""
+    model = Model(owner_id=owner_id, name=name, description=description, **links)
     session.add(model)
     session.flush()
     return model

@@ -17,4 +17,9 @@ class Model(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(Text, default="")
+    # Links shown with the model, as on Replicate; never fetched by Quern.
+    github_url: Mapped[str | None] = mapped_column(String(1024))
+    paper_url: Mapped[str | None] = mapped_column(String(1024))
+    license_url: Mapped[str | None] = mapped_column(String(1024))
+    cover_image_url: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -50,9 +50,18 @@ def test_only_admins_create_models(client: TestClient, auth) -> None:
     created = client.post("/v1/models", json={"name": name, "description": "d"}, headers=admin)
     assert created.status_code == 201, created.text
     assert created.json() == {
+        "url": f"http://testserver/v1/models/{owner}/{name}",
         "owner": owner,
         "name": name,
         "description": "d",
+        "visibility": "public",
+        "github_url": None,
+        "paper_url": None,
+        "license_url": None,
+        "cover_image_url": None,
+        "run_count": 0,
+        "default_example": None,
+        "is_official": False,
         "latest_version": None,
     }
     assert_problem(client.post("/v1/models", json={"name": name}, headers=admin), 409, name)

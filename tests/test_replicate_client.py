@@ -1,0 +1,172 @@
+"""Replicate's official Python client (`replicate` 1.0.7), unchanged, against the live stack:
+a uvicorn API and a real Celery worker running the built-in models."""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import replicate
+from replicate.exceptions import ReplicateError
+from replicate.pagination import paginate
+from replicate.stream import ServerSentEvent
+
+from tests.helpers import create_version, new_username, register_admin, register_and_login
+from tests.live import LiveStack
+
+pytestmark = pytest.mark.slow
+
+EMBEDDINGS = "quern/all-minilm-l6-v2"
+LLM = "quern/smollm2-135m-instruct"
+PROMPT = {"prompt": "Name a colour.", "max_new_tokens": 12, "seed": 7}
+
+
+def client_for(live: LiveStack, headers: dict[str, str] | None = None) -> replicate.Client:
+    """A client as the README shows it: the API root as `base_url`, a token."""
+    token = (headers or live.headers)["Authorization"].removeprefix("Bearer ")
+    return replicate.Client(api_token=token, base_url=live.base_url)
+
+
+@pytest.fixture(scope="module")
+def client(live: LiveStack) -> replicate.Client:
+    return client_for(live)
+
+
+def raises_status(status: int, call: Callable[[], Any]) -> ReplicateError:
+    with pytest.raises(ReplicateError) as caught:
+        call()
+    assert caught.value.status == status, caught.value
+    assert caught.value.title and caught.value.detail
+    return caught.value
+
+
+def test_run_returns_an_embedding(client: replicate.Client) -> None:
+    output = client.run(EMBEDDINGS, input={"text": "hello"})
+    assert isinstance(output, list) and len(output) == 384
+
+
+def test_run_returns_generated_text_as_one_string(client: replicate.Client) -> None:
+    output = client.run(LLM, input=PROMPT)
+    assert isinstance(output, str) and output
+
+
+def test_run_with_a_version_reads_its_output_schema(client: replicate.Client) -> None:
+    version = client.models.get(LLM).latest_version
+    assert version is not None
+    output = client.run(f"{LLM}:{version.id}", input=PROMPT)
+    # Output is `type: string` (what Quern stores), so the client returns it whole.
+    assert isinstance(output, str) and output == client.run(LLM, input=PROMPT)
+
+
+def test_run_whose_wait_runs_out_polls_until_it_is_finished(client: replicate.Client) -> None:
+    # A 4 s batch window keeps it queued past the 1 s wait: the answer must not read finished.
+    version = create_version(max_batch_size=32, max_batch_wait_ms=4000)
+    prediction = client.predictions.create(version=version, input={"text": "x"}, wait=1)
+    assert prediction.status == "starting"
+    model = prediction.model
+    started = time.monotonic()
+    output = client.run(f"{model}:{version}", input={"text": "later"}, wait=1)
+    assert isinstance(output, list) and len(output) == 384
+    assert time.monotonic() - started > 1
+    prediction.wait()
+    assert prediction.status == "succeeded" and len(prediction.output) == 384
+
+
+def test_stream_yields_the_tokens_of_the_text(client: replicate.Client) -> None:
+    events = list(client.stream(LLM, input=PROMPT))
+    assert events[-1].event == ServerSentEvent.EventType.DONE
+    text = "".join(str(event) for event in events)
+    assert text == client.run(LLM, input=PROMPT)  # same seed, same text
+
+    prediction = client.predictions.create(model=LLM, input=PROMPT, stream=True)
+    streamed = "".join(str(event) for event in prediction.stream())
+    prediction.wait()
+    assert prediction.status == "succeeded" and streamed == prediction.output == text
+
+
+def test_predictions_create_get_wait_and_cancel(client: replicate.Client) -> None:
+    prediction = client.predictions.create(model=EMBEDDINGS, input={"text": "poll me"})
+    assert prediction.status == "starting" and prediction.model == EMBEDDINGS
+    prediction.wait()
+    assert prediction.status == "succeeded" and len(prediction.output) == 384
+    assert client.predictions.get(prediction.id).output == prediction.output
+
+    queued = client.predictions.create(
+        version=create_version(max_batch_size=32, max_batch_wait_ms=4000), input={"text": "no"}
+    )
+    queued.cancel()
+    assert queued.status == "canceled"
+    assert client.predictions.get(queued.id).status == "canceled"
+
+
+def test_predictions_list_pages_through_every_prediction(live: LiveStack) -> None:
+    client = client_for(live, register_and_login(live.client))
+    made = [client.predictions.create(model=EMBEDDINGS, input={"text": str(i)}) for i in range(5)]
+    first = client.predictions.list("/v1/predictions?page_size=2")  # a cursor is a URL
+    assert len(first) == 2 and first.next is not None
+    second = client.predictions.list(first.next)
+    assert [p.id for p in second] == [p.id for p in made[2:0:-1]]
+    listed = [p.id for page in paginate(client.predictions.list) for p in page]
+    assert listed == [p.id for p in reversed(made)]
+
+
+def test_models_get_list_and_versions(client: replicate.Client) -> None:
+    model = client.models.get(LLM)
+    assert (model.owner, model.name, model.visibility) == (
+        "quern",
+        "smollm2-135m-instruct",
+        "public",
+    )
+    assert model.url.endswith(f"/v1/models/{LLM}") and model.run_count >= 0
+    listed = {m.id: m for m in client.models.list()}
+    assert {EMBEDDINGS, LLM} <= listed.keys()
+
+    versions = model.versions.list()
+    assert model.latest_version is not None and versions[0].id == model.latest_version.id
+    version = model.versions.get(model.latest_version.id)
+    schemas = version.openapi_schema["components"]["schemas"]
+    assert schemas["Output"] == {"title": "Output", "type": "string"}
+    assert schemas["Input"]["required"] == ["prompt"] and version.cog_version
+    embedding = client.models.get(EMBEDDINGS).latest_version
+    assert embedding is not None
+    assert embedding.openapi_schema["components"]["schemas"]["Output"]["type"] == "array"
+
+
+def test_models_create_as_the_client_sends_it(live: LiveStack) -> None:
+    admin_headers = register_admin(live.client)
+    admin = client_for(live, admin_headers)
+    me = admin.accounts.current().username
+    name = new_username()
+    created = admin.models.create(
+        owner=me,
+        name=name,
+        visibility="public",
+        hardware="gpu-t4",
+        description="mine",
+        github_url="https://github.com/example/model",
+    )
+    assert (created.id, created.description, created.run_count) == (f"{me}/{name}", "mine", 0)
+    assert admin.models.get(me, name).github_url == "https://github.com/example/model"
+    assert created.latest_version is None
+
+    private = {"owner": me, "name": new_username(), "hardware": "cpu", "visibility": "private"}
+    assert "private" in raises_status(422, lambda: admin.models.create(**private)).detail
+    other = {"owner": "someone-else", "name": new_username(), "hardware": "cpu"}
+    raises_status(403, lambda: admin.models.create(**other, visibility="public"))
+
+
+def test_accounts_current(live: LiveStack, client: replicate.Client) -> None:
+    account = client.accounts.current()
+    assert account.type == "user" and account.name == account.username
+    assert account.github_url is None
+
+
+def test_errors_raise_replicate_error_with_the_status(
+    live: LiveStack, client: replicate.Client
+) -> None:
+    stranger = replicate.Client(api_token="qrn_not-a-token", base_url=live.base_url)
+    raises_status(401, stranger.accounts.current)
+    raises_status(404, lambda: client.models.get("quern/no-such-model"))
+    raises_status(404, lambda: client.run("quern/no-such-model", input={}))
+    error = raises_status(422, lambda: client.run(EMBEDDINGS, input={"text": ""}))
+    assert "input.text" in (error.detail or "")
