@@ -9,10 +9,9 @@ out as events (workers/events.py) as they come.
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db import log_format
 from db.repositories import predictions
@@ -22,38 +21,17 @@ from db.tables import ModelVersion
 from models.base import PredictionError, Predictor, is_out_of_memory, output_sink, stop_check
 from models.registry import UnknownModelType
 from models.weights import WeightsNotFound
-from workers import events, metrics, running, runtime
-from workers.batcher import Batcher, Pending
+from workers import metrics
+from workers.batcher import Pending
 from workers.recording import Outcome, record
-from workers.settings import get_worker_settings
-from workers.webhooks import progress as webhook_progress
+
+if TYPE_CHECKING:  # the runtime builds the batchers that run batches here
+    from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 # Failures that say something about the input or the version, not about Quern: shown as is.
 READABLE = (PredictionError, UnknownModelType, WeightsNotFound)
-
-# Its lines carry the ids of the batch that submitted the work.
-_recorder = log_format.ContextThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
-_batchers: dict[str, Batcher[str]] = {}
-_batchers_lock = threading.Lock()
-
-
-def batcher_for(version_id: str) -> Batcher[str]:
-    """The batcher gathering prediction ids of `version_id`, sized by the version's limits."""
-    batcher = _batchers.get(version_id)
-    if batcher is None:
-        version = runtime.get_version(version_id)
-        with _batchers_lock:
-            batcher = _batchers.get(version_id)
-            if batcher is None:
-                batcher = _batchers[version_id] = Batcher(
-                    version_id,
-                    lambda batch: run_batch(version, batch),
-                    max_size=version.max_batch_size,
-                    max_wait_s=version.max_batch_wait_ms / 1000,
-                )
-    return batcher
 
 
 def describe(exc: BaseException) -> str:
@@ -62,7 +40,9 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str) -> list[Outcome]:
+def predict_isolating(
+    runtime: "WorkerRuntime", predictor: Predictor, claims: list[Claim], model_type: str
+) -> list[Outcome]:
     """One outcome per claim. A batch that raises is split in halves and each half retried."""
     started = time.perf_counter()
     streamed: set[int] = set()
@@ -71,15 +51,15 @@ def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str
     def publish(chunks: Mapping[int, Any]) -> None:
         """Indices are positions in this call's `claims` (a half, when the batch was split)."""
         streamed.update(chunks)
-        webhook_progress.output_chunks({claims[i].id: chunks[i] for i in chunks})
+        runtime.webhook_progress.output_chunks({claims[i].id: chunks[i] for i in chunks})
         sending = [i for i in chunks if i not in cut]
         published = [(claims[i].id, "output", json.dumps(chunks[i])) for i in sending]
-        if not events.publish_many(published):
+        if not runtime.events.publish_many(published):
             cut.update(sending)
 
     try:
         with (
-            stop_check(lambda: [running.stop_reason(claim) is not None for claim in claims]),
+            stop_check(lambda: [runtime.leases.stop_reason(claim) is not None for claim in claims]),
             output_sink(publish),
         ):
             outputs = predictor.predict_batch([claim.input for claim in claims])
@@ -90,9 +70,8 @@ def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str
             reason = "out of memory" if is_out_of_memory(exc) else describe(exc)
             log.warning("a batch of %d failed (%s); splitting it in halves", len(claims), reason)
             half = len(claims) // 2
-            return predict_isolating(predictor, claims[:half], model_type) + predict_isolating(
-                predictor, claims[half:], model_type
-            )
+            first = predict_isolating(runtime, predictor, claims[:half], model_type)
+            return first + predict_isolating(runtime, predictor, claims[half:], model_type)
         transient = is_out_of_memory(exc)
         if not isinstance(exc, READABLE) and not transient:
             log.exception(
@@ -113,19 +92,18 @@ def predict_isolating(predictor: Predictor, claims: list[Claim], model_type: str
     ]
 
 
-def run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
+def run_batch(runtime: "WorkerRuntime", version: ModelVersion, batch: list[Pending[str]]) -> None:
     """`_run_batch`, its log lines (and the recorder's) naming the batch's predictions."""
     with log_format.predictions_context(list(dict.fromkeys(p.item for p in batch))):
-        _run_batch(version, batch)
+        _run_batch(runtime, version, batch)
 
 
-def _run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
+def _run_batch(runtime: "WorkerRuntime", version: ModelVersion, batch: list[Pending[str]]) -> None:
     """Claim, predict with no database connection held, and hand the outcomes to the recorder."""
-    settings = get_worker_settings()
     ids = list(dict.fromkeys(pending.item for pending in batch))  # a duplicate delivery
     with session_scope() as session:
-        claims = predictions.claim(session, ids=ids, lease_s=settings.lease_s)
-    webhook_progress.watch(claims)
+        claims = predictions.claim(session, ids=ids, lease_s=runtime.settings.lease_s)
+    runtime.webhook_progress.watch(claims)
     claimed = {claim.id for claim in claims}
     for pending in batch:
         if pending.item not in claimed:
@@ -136,7 +114,7 @@ def _run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
     waiting = [pending for pending in batch if pending.item in claimed]
     if not claims:
         return
-    running.add(claims, version.run_timeout_s)
+    runtime.leases.add(claims, version.run_timeout_s)
 
     notes: list[str] = []
     try:
@@ -150,12 +128,13 @@ def _run_batch(version: ModelVersion, batch: list[Pending[str]]) -> None:
         if just_loaded:
             notes.append(f"Loaded {version.model_type} model in {loaded.load_seconds:.2f}s")
         with runtime.compute_lock:
-            outcomes = predict_isolating(loaded.predictor, claims, version.model_type)
+            outcomes = predict_isolating(runtime, loaded.predictor, claims, version.model_type)
         metrics.observe_gpu_memory()
-    future = _recorder.submit(record, claims, outcomes, notes, runtime.model_ref(version.id))
+    model = runtime.model_ref(version.id)
+    future = runtime.recorder.submit(record, runtime, claims, outcomes, notes, model)
 
     def resolve(_: object) -> None:
-        running.remove(claims)
+        runtime.leases.remove(claims)
         error = future.exception()
         for pending in waiting:
             if error is None:

@@ -16,22 +16,9 @@ from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
 from db import log_format
 from db.webhook_guard import get_guard_settings
 from workers import kombu_fixes
+from workers.contract import RUN_PREDICTION_TASK, prediction_queue
+from workers.runtime import WorkerRuntime, get_runtime, install
 from workers.settings import get_worker_settings
-
-# args [prediction_ids, version_id]: ids of one version, at most MAX_IDS_PER_MESSAGE of them
-# (a plain str id is accepted too: messages of an older API).
-RUN_PREDICTION_TASK = "quern.predictions.run"
-MAX_IDS_PER_MESSAGE = 64
-# Webhook deliveries have their own queue (and workers), so slow receivers never hold model workers.
-WEBHOOKS_QUEUE = "webhooks"
-DELIVER_WEBHOOK_TASK = "quern.webhooks.deliver"
-
-
-def prediction_queue(hardware: str) -> str:
-    """One queue per hardware class: a GPU worker takes only what needs a GPU, and a version is
-    never loaded on a machine that cannot run it."""
-    return f"predictions.{hardware}"
-
 
 settings = get_worker_settings()
 get_guard_settings()  # a bad QUERN_WEBHOOK_ALLOWED_NETWORKS stops the worker now, not each delivery
@@ -116,6 +103,12 @@ def _unbind_task_ids(**_: Any) -> None:
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]
+def _build_runtime(**_: Any) -> None:
+    """The process's one runtime, built before any task runs (tasks find it with get_runtime())."""
+    install(WorkerRuntime(settings))
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
 def _serve_metrics(**_: Any) -> None:
     if settings.metrics_port:
         from workers import metrics
@@ -125,15 +118,5 @@ def _serve_metrics(**_: Any) -> None:
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_background_threads(sender: Any, **_: Any) -> None:
-    """Lease heartbeat, cancel listener and sweeper in a process that runs predictions; the
-    webhook dispatcher in one that delivers webhooks."""
-    consumed = set(sender.app.amqp.queues.consume_from)
-    if consumed - {WEBHOOKS_QUEUE}:
-        from workers import running, sweeper
-
-        running.start()
-        sweeper.start()
-    if WEBHOOKS_QUEUE in consumed:
-        from workers.webhooks import dispatcher
-
-        dispatcher.start()
+    """Which threads depends on the queues this worker consumes (WorkerRuntime.start)."""
+    get_runtime().start(sender.app, set(sender.app.amqp.queues.consume_from))

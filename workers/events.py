@@ -15,13 +15,10 @@ import logging
 import math
 import threading
 import time
-from functools import lru_cache
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from workers.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -34,51 +31,52 @@ WARN_EVERY_S = 60.0
 
 Event = tuple[str, str, str]  # (prediction id, "output" or "logs", the value as JSON)
 
-_lock = threading.Lock()
-_paused_until = 0.0
-_warned_at = -math.inf
-
 
 def key(prediction_id: str) -> str:
     return f"{KEY_PREFIX}{prediction_id}"
 
 
-@lru_cache
-def client() -> redis.Redis:
-    """The broker's Redis, connected on first use; short timeouts and no retries, since a
-    publisher that waits holds up the model."""
-    return redis.Redis.from_url(
-        get_worker_settings().redis_url,
-        socket_timeout=TIMEOUT_S,
-        socket_connect_timeout=TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-    )
+class EventPublisher:
+    """Publishes to the broker's Redis with short timeouts and no retries, since a publisher
+    that waits holds up the model. The client connects on first use."""
 
+    def __init__(self, redis_url: str) -> None:
+        self._client = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=TIMEOUT_S,
+            socket_connect_timeout=TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+        self._warned_at = -math.inf
 
-def publish_many(events: list[Event]) -> bool:
-    """Add every event to its prediction's stream, in order, in one round trip. False when
-    they were dropped (Redis unreachable, or it was a moment ago)."""
-    global _paused_until, _warned_at
-    if time.monotonic() < _paused_until:
-        return False
-    if not events:
-        return True
-    pipe = client().pipeline(transaction=False)
-    for prediction_id, event, data in events:
-        fields = {"event": event, "data": data}
-        pipe.xadd(key(prediction_id), fields, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
-    for prediction_id in {prediction_id for prediction_id, _, _ in events}:
-        pipe.expire(key(prediction_id), TTL_S)
-    try:
-        pipe.execute()
-        return True
-    except (redis.RedisError, OSError) as exc:
-        now = time.monotonic()
-        with _lock:
-            _paused_until = now + PAUSE_AFTER_FAILURE_S
-            warn = now - _warned_at >= WARN_EVERY_S
+    def publish_many(self, events: list[Event]) -> bool:
+        """Add every event to its prediction's stream, in order, in one round trip. False when
+        they were dropped (Redis unreachable, or it was a moment ago)."""
+        if time.monotonic() < self._paused_until:
+            return False
+        if not events:
+            return True
+        pipe = self._client.pipeline(transaction=False)
+        for prediction_id, event, data in events:
+            fields = {"event": event, "data": data}
+            pipe.xadd(key(prediction_id), fields, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
+        for prediction_id in {prediction_id for prediction_id, _, _ in events}:
+            pipe.expire(key(prediction_id), TTL_S)
+        try:
+            pipe.execute()
+            return True
+        except (redis.RedisError, OSError) as exc:
+            now = time.monotonic()
+            with self._lock:
+                self._paused_until = now + PAUSE_AFTER_FAILURE_S
+                warn = now - self._warned_at >= WARN_EVERY_S
+                if warn:
+                    self._warned_at = now
             if warn:
-                _warned_at = now
-        if warn:
-            log.warning("could not publish prediction events to Redis; dropping them (%s)", exc)
-        return False
+                log.warning("could not publish prediction events to Redis; dropping them (%s)", exc)
+            return False
+
+    def close(self) -> None:
+        self._client.close()

@@ -12,7 +12,7 @@ import logging
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -20,9 +20,10 @@ from db.repositories import predictions
 from db.repositories.predictions import Claim, Fate
 from db.session import session_scope
 from db.tables import PredictionStatus
-from workers import events, files, metrics, running
-from workers.settings import get_worker_settings
-from workers.webhooks import progress as webhook_progress
+from workers import events, files, metrics
+
+if TYPE_CHECKING:  # the runtime runs batches, which hand their outcomes here
+    from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,18 @@ def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
     return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
 
 
-def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str], model: str) -> None:
+def record(
+    runtime: "WorkerRuntime",
+    claims: list[Claim],
+    outcomes: list[Outcome],
+    notes: list[str],
+    model: str,
+) -> None:
     """Write every outcome in one statement and one transaction, publish the events of those
     written, then count the final fates."""
     with session_scope() as session:
         pairs = zip(claims, outcomes, strict=True)
-        fates = [_fate(session, claim, outcome, notes) for claim, outcome in pairs]
+        fates = [_fate(runtime, session, claim, outcome, notes) for claim, outcome in pairs]
         applied = predictions.record(session, fates=[fate for fate, _ in fates])
         published: list[events.Event] = []
         for fate, output_event in fates:
@@ -59,9 +66,9 @@ def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str], model
             if applied[fate.id] and output_event is not None:
                 published.append(output_event)
             published.append((fate.id, "logs", json.dumps(fate.logs[:-1])))  # lines, not ended
-        events.publish_many(published)
-        webhook_progress.record(session, published)
-    webhook_progress.forget(claim.id for claim in claims)
+        runtime.events.publish_many(published)
+        runtime.webhook_progress.record(session, published)
+    runtime.webhook_progress.forget(claim.id for claim in claims)
     counted = Counter(fate.status for fate, _ in fates if applied.get(fate.id))
     for status, count in counted.items():
         if status == PredictionStatus.STARTING:
@@ -71,11 +78,11 @@ def record(claims: list[Claim], outcomes: list[Outcome], notes: list[str], model
 
 
 def _fate(
-    session: Session, claim: Claim, outcome: Outcome, notes: list[str]
+    runtime: "WorkerRuntime", session: Session, claim: Claim, outcome: Outcome, notes: list[str]
 ) -> tuple[Fate, events.Event | None]:
     """What to write for one claim, and the output event to publish if it is written (the
     whole output of a model that did not stream)."""
-    settings = get_worker_settings()
+    settings = runtime.settings
     logs = list(notes)
     error = outcome.error
     output = None
@@ -93,7 +100,7 @@ def _fate(
     def fate(status: str | None, **values: Any) -> Fate:
         return Fate(claim.id, claim.attempts, status, _lines(logs), **values)
 
-    stop = running.stop_reason(claim)
+    stop = runtime.leases.stop_reason(claim)
     if stop == "canceled":
         logs.append("Canceled while running: stopped at the next step")
         return fate(None), None  # the API canceled (and counted) it

@@ -9,15 +9,15 @@ delay is over, or the message was lost): one per version, up to MAX_IDS_PER_MESS
 
 import logging
 import threading
-import time
 from collections import defaultdict
 
+from celery import Celery
 from sqlalchemy import func, select
 
 from db.repositories import idempotency_keys, predictions
 from db.session import session_scope
-from workers.celery_app import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, app, prediction_queue
-from workers.settings import get_worker_settings
+from workers.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
+from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,8 @@ SWEEP_LOCK = 0x71_75_65_72_6E  # "quern": one sweeper at a time across every wor
 BATCH = 500
 
 
-def sweep() -> int:
+def sweep(app: Celery, settings: WorkerSettings) -> int:
     """One sweep. Returns how many messages it published."""
-    settings = get_worker_settings()
     with session_scope() as session:
         if not session.scalar(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK))):
             return 0  # another worker is sweeping
@@ -64,17 +63,13 @@ def sweep() -> int:
     return len(due) - len(unsent)
 
 
-def _loop() -> None:
-    interval = get_worker_settings().sweep_interval_s
-    while True:
+def run(app: Celery, settings: WorkerSettings, stopping: threading.Event) -> None:
+    """Sweep every sweep_interval_s until `stopping` is set."""
+    while not stopping.is_set():
         try:
-            sent = sweep()
+            sent = sweep(app, settings)
             if sent:
                 log.info("sweeper: published %d queued predictions", sent)
         except Exception:
             log.warning("sweep failed; trying again", exc_info=True)
-        time.sleep(interval)
-
-
-def start() -> None:
-    threading.Thread(target=_loop, name="sweeper", daemon=True).start()
+        stopping.wait(settings.sweep_interval_s)

@@ -5,7 +5,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-import pytest
 from sqlalchemy import func, select
 
 from db.prediction_object import from_snapshot, prediction_object, to_json
@@ -171,15 +170,13 @@ def test_a_delivery_is_claimed_once_and_a_lapsed_lease_gives_it_back_with_the_at
     assert [(a.number, a.status_code) for a in log.attempts] == [(1, 200)]  # what really happened
 
 
-def test_a_lost_attempt_counts_and_waits_out_the_usual_backoff(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_lost_attempt_counts_and_waits_out_the_usual_backoff() -> None:
     """Taken back by the dispatcher, a lost attempt is retried after the schedule's backoff,
     never at once (a receiver whose answer kills the worker would be called every lease), and
     the last one fails the delivery."""
-    settings = get_worker_settings()
-    monkeypatch.setattr(settings, "webhook_retry_base_s", 60.0)
-    monkeypatch.setattr(settings, "webhook_max_attempts", 2)
+    settings = get_worker_settings().model_copy(
+        update={"webhook_retry_base_s": 60.0, "webhook_max_attempts": 2}
+    )
     prediction_id = create(["completed"])
     finish(prediction_id, PredictionStatus.SUCCEEDED, output="ok")
     (delivery,) = deliveries(prediction_id)
@@ -189,7 +186,7 @@ def test_a_lost_attempt_counts_and_waits_out_the_usual_backoff(
             claim = webhook_deliveries.claim(session, id=delivery.id, lease_s=0.05)
             assert claim is not None and claim.attempt == number
         time.sleep(0.1)
-        dispatcher.recover()
+        dispatcher.recover(settings)
 
     lose_an_attempt(1)
     with session_scope() as session:

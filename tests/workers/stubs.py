@@ -1,15 +1,13 @@
-"""Stand-in predictors and helpers for running real batches against real rows."""
+"""Stand-in predictors and a worker runtime that runs them, for real batches on real rows."""
 
 from pathlib import Path
-from typing import Any
-
-import pytest
+from typing import Any, TypeVar
 
 from db.repositories import predictions
 from db.session import session_scope
-from db.tables import Prediction
-from workers import batches, runtime
+from db.tables import ModelVersion, Prediction
 from workers.model_cache import CachedModel
+from workers.runtime import WorkerRuntime
 
 
 class Recording:
@@ -29,16 +27,31 @@ class Recording:
         return [float(len(text))]
 
 
-def use(monkeypatch: pytest.MonkeyPatch, predictor_class: type[Recording]) -> Recording:
-    predictor = predictor_class(Path("."))
-    loaded = CachedModel(predictor, 0.0, 0, "cpu")
-    monkeypatch.setattr(runtime, "get_predictor", lambda version: (loaded, False))
-    return predictor
+P = TypeVar("P", bound=Recording)
 
 
-def run_together(version_id: str, prediction_ids: list[str]) -> list[Prediction]:
+class StandInRuntime(WorkerRuntime):
+    """A worker runtime whose every version runs one stand-in predictor, once `use` names it
+    (until then, versions load their real models)."""
+
+    stand_in: CachedModel | None = None
+
+    def use(self, predictor_class: type[P]) -> P:
+        predictor = predictor_class(Path("."))
+        self.stand_in = CachedModel(predictor, 0.0, 0, "cpu")
+        return predictor
+
+    def get_predictor(self, version: ModelVersion) -> tuple[CachedModel, bool]:
+        if self.stand_in is None:
+            return super().get_predictor(version)
+        return self.stand_in, False
+
+
+def run_together(
+    runtime: WorkerRuntime, version_id: str, prediction_ids: list[str]
+) -> list[Prediction]:
     """Deliver every id at once, as a worker's task threads would, and wait for all of them."""
-    futures = [batches.batcher_for(version_id).submit(id) for id in prediction_ids]
+    futures = [runtime.batcher_for(version_id).submit(id) for id in prediction_ids]
     for future in futures:
         future.result(timeout=30)
     return [load(id) for id in prediction_ids]

@@ -7,11 +7,9 @@ model is a stand-in. The live worker and the real models are exercised in tests/
 import threading
 from typing import Any
 
-import pytest
-
 from models.base import PredictionError
 from tests.helpers import create_prediction_row, create_version
-from tests.workers.stubs import Recording, load, run_together, use
+from tests.workers.stubs import Recording, StandInRuntime, load, run_together
 from workers.tasks.predictions import run_prediction
 
 
@@ -41,13 +39,11 @@ class ReturnsNaN(Recording):
         return [1.0, float("nan")]
 
 
-def test_queued_predictions_for_one_version_run_in_a_single_batch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    predictor = use(monkeypatch, Recording)
+def test_queued_predictions_for_one_version_run_in_a_single_batch(runtime: StandInRuntime) -> None:
+    predictor = runtime.use(Recording)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     ids = [create_prediction_row(version, text="a" * n) for n in range(1, 6)]
-    done = run_together(version, ids)
+    done = run_together(runtime, version, ids)
     assert predictor.batches == [["a", "aa", "aaa", "aaaa", "aaaaa"]]
     assert [p.output for p in done] == [[1.0], [2.0], [3.0], [4.0], [5.0]]
     for p in done:
@@ -56,23 +52,19 @@ def test_queued_predictions_for_one_version_run_in_a_single_batch(
         assert "(batch of 5)" in (p.logs or "")
 
 
-def test_a_batch_never_exceeds_the_versions_max_batch_size(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    predictor = use(monkeypatch, Recording)
+def test_a_batch_never_exceeds_the_versions_max_batch_size(runtime: StandInRuntime) -> None:
+    predictor = runtime.use(Recording)
     version = create_version(max_batch_size=4, max_batch_wait_ms=300)
-    done = run_together(version, [create_prediction_row(version) for _ in range(6)])
+    done = run_together(runtime, version, [create_prediction_row(version) for _ in range(6)])
     assert [len(batch) for batch in predictor.batches] == [4, 2]
     assert sorted(p.metrics["batch_size"] for p in done) == [2, 2, 4, 4, 4, 4]
 
 
-def test_an_input_the_model_refuses_fails_only_its_own_prediction(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    predictor = use(monkeypatch, RefusesOne)
+def test_an_input_the_model_refuses_fails_only_its_own_prediction(runtime: StandInRuntime) -> None:
+    predictor = runtime.use(RefusesOne)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     ok, bad, also_ok = run_together(
-        version, [create_prediction_row(version, text=t) for t in ("ok", "bad", "fine")]
+        runtime, version, [create_prediction_row(version, text=t) for t in ("ok", "bad", "fine")]
     )
     assert len(predictor.batches) == 1
     assert (ok.status, ok.output, also_ok.status, also_ok.output) == (
@@ -82,12 +74,12 @@ def test_an_input_the_model_refuses_fails_only_its_own_prediction(
 
 
 def test_an_input_that_crashes_the_model_is_isolated_by_splitting_the_batch(
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: StandInRuntime,
 ) -> None:
-    use(monkeypatch, CrashesOnOne)
+    runtime.use(CrashesOnOne)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     texts = ["a", "b", "crash", "d", "e"]
-    done = run_together(version, [create_prediction_row(version, text=t) for t in texts])
+    done = run_together(runtime, version, [create_prediction_row(version, text=t) for t in texts])
     statuses = {p.input["text"]: p.status for p in done}
     assert statuses == {"a": "succeeded", "b": "succeeded", "crash": "failed",
                         "d": "succeeded", "e": "succeeded"}  # fmt: skip
@@ -95,12 +87,10 @@ def test_an_input_that_crashes_the_model_is_isolated_by_splitting_the_batch(
     assert crashed.error == "ValueError: bad\\0thing"  # NUL made storable
 
 
-def test_a_batch_out_of_memory_is_split_in_halves_until_it_fits(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    predictor = use(monkeypatch, OutOfMemoryAbove2)
+def test_a_batch_out_of_memory_is_split_in_halves_until_it_fits(runtime: StandInRuntime) -> None:
+    predictor = runtime.use(OutOfMemoryAbove2)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
-    done = run_together(version, [create_prediction_row(version, text=t) for t in "abcde"])
+    done = run_together(runtime, version, [create_prediction_row(version, text=t) for t in "abcde"])
     assert all(p.status == "succeeded" for p in done), [p.error for p in done]
     assert [p.output for p in done] == [[1.0]] * 5
     assert predictor.batches == [["OOM at 5"], ["a", "b"], ["OOM at 3"], ["c"], ["d", "e"]]
@@ -108,29 +98,27 @@ def test_a_batch_out_of_memory_is_split_in_halves_until_it_fits(
 
 
 def test_an_unstorable_output_fails_the_prediction_instead_of_leaving_it_processing(
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: StandInRuntime,
 ) -> None:
-    use(monkeypatch, ReturnsNaN)
+    runtime.use(ReturnsNaN)
     version = create_version(max_batch_size=8, max_batch_wait_ms=0)
-    (prediction,) = run_together(version, [create_prediction_row(version)])
+    (prediction,) = run_together(runtime, version, [create_prediction_row(version)])
     assert prediction.status == "failed"
     assert "output[1]" in prediction.error and "NaN" in prediction.error
 
 
 def test_a_duplicate_delivery_in_the_same_batch_runs_the_model_once(
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: StandInRuntime,
 ) -> None:
-    predictor = use(monkeypatch, Recording)
+    predictor = runtime.use(Recording)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     prediction_id = create_prediction_row(version)
-    first, _ = run_together(version, [prediction_id, prediction_id])
+    first, _ = run_together(runtime, version, [prediction_id, prediction_id])
     assert predictor.batches == [["x"]] and first.status == "succeeded" and first.attempts == 1
 
 
-def test_the_task_returns_only_after_its_prediction_is_recorded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    use(monkeypatch, Recording)
+def test_the_task_returns_only_after_its_prediction_is_recorded(runtime: StandInRuntime) -> None:
+    runtime.use(Recording)
     version = create_version(max_batch_size=4, max_batch_wait_ms=50)
     ids = [create_prediction_row(version) for _ in range(3)]
     threads = [threading.Thread(target=run_prediction.run, args=(id, version)) for id in ids]
@@ -142,9 +130,9 @@ def test_the_task_returns_only_after_its_prediction_is_recorded(
 
 
 def test_one_message_of_many_ids_runs_them_in_one_batch_and_returns_once_all_are_recorded(
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: StandInRuntime,
 ) -> None:
-    predictor = use(monkeypatch, Recording)
+    predictor = runtime.use(Recording)
     version = create_version(max_batch_size=8, max_batch_wait_ms=50)
     ids = [create_prediction_row(version, text="a" * n) for n in range(1, 4)]
     run_prediction.run([*ids, ids[0]], version)  # a duplicate id in the same message
@@ -154,20 +142,16 @@ def test_one_message_of_many_ids_runs_them_in_one_batch_and_returns_once_all_are
     ]  # fmt: skip
 
 
-def test_a_message_of_an_older_api_with_one_plain_id_still_runs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    use(monkeypatch, Recording)
+def test_a_message_of_an_older_api_with_one_plain_id_still_runs(runtime: StandInRuntime) -> None:
+    runtime.use(Recording)
     version = create_version(max_batch_size=8, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version, text="old")
     run_prediction.run(prediction_id, version)
     assert (load(prediction_id).status, load(prediction_id).output) == ("succeeded", [3.0])
 
 
-def test_a_redelivered_message_runs_only_the_ids_not_yet_recorded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    predictor = use(monkeypatch, Recording)
+def test_a_redelivered_message_runs_only_the_ids_not_yet_recorded(runtime: StandInRuntime) -> None:
+    predictor = runtime.use(Recording)
     version = create_version(max_batch_size=8, max_batch_wait_ms=0)
     done, fresh = (
         create_prediction_row(version, text="1"),

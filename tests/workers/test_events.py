@@ -21,9 +21,12 @@ from models.base import emit_outputs, output_sink
 from models.text_generation import RowStreamer
 from tests.conftest import API_REDIS_URL
 from tests.helpers import create_prediction_row, create_version, new_username
-from tests.workers.stubs import Recording, load, run_together, use
-from workers import batches, events, recording, runtime
-from workers.settings import get_worker_settings
+from tests.workers.stubs import Recording, StandInRuntime, load, run_together
+from workers import events, recording
+from workers.events import EventPublisher
+from workers.runtime import WorkerRuntime
+
+UNREACHABLE = "redis://127.0.0.1:1/0"
 
 Entries = list[tuple[str, Any]]
 
@@ -54,13 +57,6 @@ class Streams(Recording):
         return ["".join(f"{text}:{step} " for step in range(3)) for text in texts]
 
 
-@pytest.fixture(autouse=True)
-def publishing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No pause or warning left over from a test that had Redis down."""
-    monkeypatch.setattr(events, "_paused_until", 0.0)
-    monkeypatch.setattr(events, "_warned_at", float("-inf"))
-
-
 @pytest.fixture
 def at_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Entries]:
     """Each prediction's stream as it stood right after the worker's commit that made it
@@ -82,9 +78,9 @@ def at_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Entries]:
 
     real_fate = recording._fate
 
-    def watching_fate(session: Any, claim: Any, *args: Any) -> Any:
+    def watching_fate(runtime: Any, session: Any, claim: Any, *args: Any) -> Any:
         session.info.setdefault("watched", []).append(claim.id)
-        return real_fate(session, claim, *args)
+        return real_fate(runtime, session, claim, *args)
 
     monkeypatch.setattr(recording, "session_scope", spied_scope)
     monkeypatch.setattr(recording, "_fate", watching_fate)
@@ -92,12 +88,12 @@ def at_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Entries]:
 
 
 def test_streamed_chunks_then_logs_are_in_each_stream_before_it_is_terminal(
-    monkeypatch: pytest.MonkeyPatch, at_commit: dict[str, Entries]
+    runtime: StandInRuntime, at_commit: dict[str, Entries]
 ) -> None:
-    predictor = use(monkeypatch, Streams)
+    predictor = runtime.use(Streams)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     ids = [create_prediction_row(version, text=text) for text in ("a", "b", "c")]
-    done = run_together(version, ids)
+    done = run_together(runtime, version, ids)
     assert predictor.batches == [["a", "b", "c"]]
     for prediction, text in zip(done, "abc", strict=True):
         assert prediction.status == "succeeded"
@@ -113,11 +109,13 @@ def test_streamed_chunks_then_logs_are_in_each_stream_before_it_is_terminal(
 
 
 def test_a_model_that_does_not_stream_gets_its_whole_output_as_one_entry(
-    monkeypatch: pytest.MonkeyPatch, at_commit: dict[str, Entries]
+    runtime: StandInRuntime, at_commit: dict[str, Entries]
 ) -> None:
-    use(monkeypatch, Recording)
+    runtime.use(Recording)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
-    done = run_together(version, [create_prediction_row(version, text=t) for t in ("ab", "cde")])
+    done = run_together(
+        runtime, version, [create_prediction_row(version, text=t) for t in ("ab", "cde")]
+    )
     for prediction in done:
         entries = stream(prediction.id)
         assert [event for event, _ in entries] == ["output", "logs"]
@@ -126,13 +124,11 @@ def test_a_model_that_does_not_stream_gets_its_whole_output_as_one_entry(
         assert at_commit[prediction.id] == entries
 
 
-def test_chunks_follow_their_own_prediction_when_a_batch_is_split(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    use(monkeypatch, Streams)
+def test_chunks_follow_their_own_prediction_when_a_batch_is_split(runtime: StandInRuntime) -> None:
+    runtime.use(Streams)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     texts = ["a", "crash", "c", "d"]
-    done = run_together(version, [create_prediction_row(version, text=t) for t in texts])
+    done = run_together(runtime, version, [create_prediction_row(version, text=t) for t in texts])
     assert [p.status for p in done] == ["succeeded", "failed", "succeeded", "succeeded"]
     for prediction, text in zip(done, texts, strict=True):
         chunks = outputs(prediction.id)
@@ -143,17 +139,15 @@ def test_chunks_follow_their_own_prediction_when_a_batch_is_split(
 
 
 def test_with_redis_unreachable_predictions_still_succeed_with_one_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    runtime: StandInRuntime, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(get_worker_settings(), "redis_url", "redis://127.0.0.1:1/0")
-    events.client.cache_clear()
-    try:
-        use(monkeypatch, Streams)
-        version = create_version(max_batch_size=8, max_batch_wait_ms=300)
-        with caplog.at_level(logging.WARNING, logger=events.__name__):
-            done = run_together(version, [create_prediction_row(version, text=t) for t in "ab"])
-    finally:
-        events.client.cache_clear()
+    runtime.events = EventPublisher(UNREACHABLE)
+    runtime.use(Streams)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=300)
+    with caplog.at_level(logging.WARNING, logger=events.__name__):
+        done = run_together(
+            runtime, version, [create_prediction_row(version, text=t) for t in "ab"]
+        )
     assert [(p.status, p.output) for p in done] == [
         ("succeeded", "a:0 a:1 a:2 "), ("succeeded", "b:0 b:1 b:2 "),
     ]  # fmt: skip
@@ -163,25 +157,25 @@ def test_with_redis_unreachable_predictions_still_succeed_with_one_warning(
 
 
 class LosesRedisAtStep1(Streams):
-    """Redis is unreachable for step 1 only; back (and no longer paused) for step 2."""
+    """Redis is unreachable for step 1 only; back (and not paused) for step 2."""
+
+    runtime: WorkerRuntime
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
-        settings, url = get_worker_settings(), get_worker_settings().redis_url
+        reachable = self.runtime.events
         for step in range(3):
-            settings.redis_url = "redis://127.0.0.1:1/0" if step == 1 else url
-            events.client.cache_clear()
-            events._paused_until = 0.0
+            self.runtime.events = EventPublisher(UNREACHABLE) if step == 1 else reachable
             emit_outputs({i: f"{item['text']}:{step} " for i, item in enumerate(inputs)})
         return ["".join(f"{item['text']}:{step} " for step in range(3)) for item in inputs]
 
 
 def test_after_a_lost_chunk_a_prediction_streams_no_more_so_its_chunks_stay_a_prefix(
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: StandInRuntime,
 ) -> None:
-    monkeypatch.setattr(get_worker_settings(), "redis_url", get_worker_settings().redis_url)
-    use(monkeypatch, LosesRedisAtStep1)
+    predictor = runtime.use(LosesRedisAtStep1)
+    predictor.runtime = runtime
     version = create_version(max_batch_size=8, max_batch_wait_ms=0)
-    (done,) = run_together(version, [create_prediction_row(version, text="a")])
+    (done,) = run_together(runtime, version, [create_prediction_row(version, text="a")])
     assert done.status == "succeeded" and done.output == "a:0 a:1 a:2 "
     assert [event for event, _ in stream(done.id)] == ["output", "logs"]
     assert outputs(done.id) == ["a:0 "]  # the API sends the rest from the stored output
@@ -221,13 +215,15 @@ def create_generation_row(version_id: str, prompt: str) -> str:
 
 
 @pytest.mark.slow
-def test_smollm2_streams_every_row_of_a_batch_token_by_token(at_commit: dict[str, Entries]) -> None:
+def test_smollm2_streams_every_row_of_a_batch_token_by_token(
+    runtime: StandInRuntime, at_commit: dict[str, Entries]
+) -> None:
     version = create_version(
         max_batch_size=3, max_batch_wait_ms=500, builtin="smollm2-135m-instruct"
     )
     prompts = ["Count from one to ten.", "Write a haiku about snow.", "Say hello in French."]
     ids = [create_generation_row(version, p) for p in prompts]
-    futures = [batches.batcher_for(version).submit(id) for id in ids]
+    futures = [runtime.batcher_for(version).submit(id) for id in ids]
     for future in futures:
         future.result(timeout=300)  # seconds alone; far longer on 2 busy cores
     done = [load(id) for id in ids]

@@ -20,8 +20,9 @@ from db.tables import PredictionStatus
 from models.base import stop_requested
 from tests.helpers import create_prediction_row, create_version
 from tests.processes import wait_until
-from tests.workers.stubs import Recording, load, run_together, use
-from workers import recording, running, sweeper
+from tests.workers.stubs import Recording, StandInRuntime, load, run_together
+from workers import recording, sweeper
+from workers.celery_app import app
 from workers.settings import WorkerSettings, get_worker_settings
 
 
@@ -58,12 +59,9 @@ class Stepper(Recording):
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch) -> WorkerSettings:
-    """The workers' settings, with retry delays short enough for a test."""
-    current = get_worker_settings()
-    monkeypatch.setattr(current, "retry_base_s", 0.2)
-    monkeypatch.setattr(current, "retry_cap_s", 1.0)
-    return current
+def settings() -> WorkerSettings:
+    """This test's worker settings (its runtime's too), with retry delays short enough."""
+    return get_worker_settings().model_copy(update={"retry_base_s": 0.2, "retry_cap_s": 1.0})
 
 
 def wait_out_retry_delay(prediction_id: str) -> None:
@@ -73,21 +71,21 @@ def wait_out_retry_delay(prediction_id: str) -> None:
 
 
 def test_a_transient_failure_retries_with_backoff_until_it_succeeds(
-    monkeypatch: pytest.MonkeyPatch, settings: WorkerSettings
+    runtime: StandInRuntime, settings: WorkerSettings
 ) -> None:
-    use(monkeypatch, OutOfMemoryTwice)
+    runtime.use(OutOfMemoryTwice)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version)
 
-    (first,) = run_together(version, [prediction_id])
+    (first,) = run_together(runtime, version, [prediction_id])
     assert (first.status, first.attempts, first.enqueued_at) == ("starting", 1, None)
     assert first.next_attempt_at is not None and "Attempt 1 failed" in first.logs
     wait_out_retry_delay(prediction_id)
-    assert sweeper.sweep() >= 1  # publishes it again (Redis db 14: nobody consumes there)
-    (second,) = run_together(version, [prediction_id])
+    assert sweeper.sweep(app, settings) >= 1  # publishes it again (Redis db 14: nobody consumes)
+    (second,) = run_together(runtime, version, [prediction_id])
     assert (second.status, second.attempts) == ("starting", 2)
     wait_out_retry_delay(prediction_id)
-    (done,) = run_together(version, [prediction_id])
+    (done,) = run_together(runtime, version, [prediction_id])
 
     assert (done.status, done.attempts, done.output) == ("succeeded", 3, [1.0])
     assert "Attempt 1 failed (MemoryError: CUDA out of memory" in done.logs
@@ -95,14 +93,14 @@ def test_a_transient_failure_retries_with_backoff_until_it_succeeds(
 
 
 def test_a_delivery_during_the_retry_delay_does_not_start_the_prediction(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, runtime: StandInRuntime
 ) -> None:
     monkeypatch.setattr(recording, "retry_delay", lambda attempt, base, cap: 30.0)
-    predictor = use(monkeypatch, OutOfMemoryTwice)
+    predictor = runtime.use(OutOfMemoryTwice)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version)
-    run_together(version, [prediction_id])
-    (early,) = run_together(version, [prediction_id])  # e.g. a duplicate of the first message
+    run_together(runtime, version, [prediction_id])
+    (early,) = run_together(runtime, version, [prediction_id])  # e.g. a duplicate message
     assert (early.status, early.attempts, predictor.failures) == ("starting", 1, 1)
 
 
@@ -114,72 +112,70 @@ def test_retry_delays_use_full_jitter_under_a_growing_capped_ceiling() -> None:
 
 
 def test_a_transient_failure_gives_up_after_max_attempts(
-    monkeypatch: pytest.MonkeyPatch, settings: WorkerSettings
+    runtime: StandInRuntime, settings: WorkerSettings
 ) -> None:
-    monkeypatch.setattr(settings, "max_attempts", 2)
-    use(monkeypatch, OutOfMemoryTwice)
+    settings.max_attempts = 2
+    runtime.use(OutOfMemoryTwice)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version)
-    run_together(version, [prediction_id])
+    run_together(runtime, version, [prediction_id])
     wait_out_retry_delay(prediction_id)
-    (done,) = run_together(version, [prediction_id])
+    (done,) = run_together(runtime, version, [prediction_id])
     assert (done.status, done.attempts) == ("failed", 2)
     assert done.error.startswith("Gave up after 2 attempts: MemoryError")
 
 
-def test_a_permanent_failure_fails_at_once_with_one_attempt(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    use(monkeypatch, Raises)
+def test_a_permanent_failure_fails_at_once_with_one_attempt(runtime: StandInRuntime) -> None:
+    runtime.use(Raises)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
-    (done,) = run_together(version, [create_prediction_row(version)])
+    (done,) = run_together(runtime, version, [create_prediction_row(version)])
     assert (done.status, done.attempts, done.error) == (
         "failed", 1, "ValueError: the model's own bug",
     )  # fmt: skip
 
 
-def test_cancel_before_start_never_calls_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    predictor = use(monkeypatch, Recording)
+def test_cancel_before_start_never_calls_the_model(runtime: StandInRuntime) -> None:
+    predictor = runtime.use(Recording)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version)
     with session_scope() as session:
         predictions.update_status(
             session, id=prediction_id, from_statuses=UNFINISHED, status=PredictionStatus.CANCELED
         )
-    (done,) = run_together(version, [prediction_id])
+    (done,) = run_together(runtime, version, [prediction_id])
     assert predictor.batches == [] and done.status == "canceled" and done.attempts == 0
 
 
 def test_a_deadline_passed_in_the_queue_aborts_without_running(
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: StandInRuntime, settings: WorkerSettings
 ) -> None:
-    predictor = use(monkeypatch, Recording)
+    predictor = runtime.use(Recording)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     past = datetime.now(UTC) - timedelta(seconds=1)
     late, on_time = create_prediction_row(version, deadline=past), create_prediction_row(version)
     swept = create_prediction_row(version, deadline=past)
-    sweeper.sweep()
-    done = run_together(version, [late, on_time])
+    sweeper.sweep(app, settings)
+    done = run_together(runtime, version, [late, on_time])
     assert [p.status for p in done] == ["aborted", "succeeded"]
     assert predictor.batches == [["x"]] and "deadline" in (done[0].error or "")
     assert load(swept).status == "aborted"
 
 
 @pytest.fixture
-def listening() -> None:
-    """The worker's lease heartbeat and cancel listener, as a worker process starts them."""
-    running.start()
+def listening(runtime: StandInRuntime) -> None:
+    """The runtime's lease heartbeat and cancel listener, as a worker process starts them."""
+    runtime.start_leases()
 
 
 @pytest.mark.usefixtures("listening")
-def test_cancel_during_a_run_stops_the_model_at_its_next_step(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    use(monkeypatch, Stepper)
+def test_cancel_during_a_run_stops_the_model_at_its_next_step(runtime: StandInRuntime) -> None:
+    runtime.use(Stepper)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     stopped, kept = create_prediction_row(version), create_prediction_row(version)
     result: list[Any] = []
-    runner = threading.Thread(target=lambda: result.extend(run_together(version, [stopped, kept])))
+    runner = threading.Thread(
+        target=lambda: result.extend(run_together(runtime, version, [stopped, kept]))
+    )
     runner.start()
     wait_until(lambda: load(stopped).status == "processing", 10, "the batch to start")
     time.sleep(0.3)
@@ -195,55 +191,53 @@ def test_cancel_during_a_run_stops_the_model_at_its_next_step(
 
 
 @pytest.mark.usefixtures("listening")
-def test_a_run_over_the_versions_run_timeout_is_canceled(monkeypatch: pytest.MonkeyPatch) -> None:
-    use(monkeypatch, Stepper)
+def test_a_run_over_the_versions_run_timeout_is_canceled(runtime: StandInRuntime) -> None:
+    runtime.use(Stepper)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0, run_timeout_s=1)
     started = time.monotonic()
-    (done,) = run_together(version, [create_prediction_row(version)])
+    (done,) = run_together(runtime, version, [create_prediction_row(version)])
     assert time.monotonic() - started < 2.5  # 300 steps would take 3 s
     assert done.status == "canceled" and "run timeout" in (done.error or "")
     assert done.output is not None and 50 < done.output[0] < 300  # the partial output is kept
 
 
 def test_a_lost_worker_is_detected_by_its_lease_and_the_prediction_requeued(
-    monkeypatch: pytest.MonkeyPatch, settings: WorkerSettings
+    runtime: StandInRuntime, settings: WorkerSettings
 ) -> None:
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version)
     with session_scope() as session:  # a worker claims it, then dies (no heartbeat)
         predictions.claim(session, ids=[prediction_id], lease_s=0.2)
     time.sleep(0.3)
-    sweeper.sweep()
+    sweeper.sweep(app, settings)
     lost = load(prediction_id)
     assert (lost.status, lost.attempts, lost.lease_expires_at) == ("starting", 1, None)
     assert "lost with its worker" in lost.logs
 
-    use(monkeypatch, Recording)
+    runtime.use(Recording)
     wait_out_retry_delay(prediction_id)
-    (done,) = run_together(version, [prediction_id])
+    (done,) = run_together(runtime, version, [prediction_id])
     assert (done.status, done.attempts) == ("succeeded", 2)
 
 
-def test_a_lost_worker_on_the_last_attempt_fails_the_prediction(
-    monkeypatch: pytest.MonkeyPatch, settings: WorkerSettings
-) -> None:
-    monkeypatch.setattr(settings, "max_attempts", 1)
+def test_a_lost_worker_on_the_last_attempt_fails_the_prediction(settings: WorkerSettings) -> None:
+    settings.max_attempts = 1
     prediction_id = create_prediction_row()
     with session_scope() as session:
         predictions.claim(session, ids=[prediction_id], lease_s=0.1)
     time.sleep(0.2)
-    sweeper.sweep()
+    sweeper.sweep(app, settings)
     done = load(prediction_id)
     assert done.status == "failed" and done.error.startswith("Gave up after 1 attempts")
 
 
-def test_only_one_sweeper_sweeps_at_a_time() -> None:
+def test_only_one_sweeper_sweeps_at_a_time(settings: WorkerSettings) -> None:
     prediction_id = create_prediction_row()
     with session_scope() as session:
         predictions.mark_not_enqueued(session, ids=[prediction_id])
     with session_scope() as other_worker:  # another worker's sweep holds the lock
         other_worker.execute(select(func.pg_advisory_xact_lock(sweeper.SWEEP_LOCK)))
-        assert sweeper.sweep() == 0
+        assert sweeper.sweep(app, settings) == 0
         assert load(prediction_id).enqueued_at is None
-    assert sweeper.sweep() >= 1
+    assert sweeper.sweep(app, settings) >= 1
     assert load(prediction_id).enqueued_at is not None

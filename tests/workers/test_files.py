@@ -13,7 +13,7 @@ from db.session import session_scope
 from db.tables import File, Prediction, PredictionStatus
 from models.base import FileOutput
 from tests.helpers import create_prediction_row, create_version
-from tests.workers.stubs import Recording, run_together, use
+from tests.workers.stubs import Recording, StandInRuntime, run_together
 from workers import files
 from workers.settings import get_worker_settings
 
@@ -114,12 +114,12 @@ def test_a_prediction_canceled_before_its_outcome_is_recorded_gets_no_files() ->
 
 
 def test_a_batch_stores_urls_in_each_output_and_files_only_for_those_that_succeed(
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: StandInRuntime,
 ) -> None:
-    use(monkeypatch, Draws)
+    runtime.use(Draws)
     version = create_version(max_batch_size=4, max_batch_wait_ms=300)
     ids = [create_prediction_row(version, text=text) for text in ("one", "nan", "three")]
-    one, nan, three = run_together(version, ids)
+    one, nan, three = run_together(runtime, version, ids)
     for done, text in ((one, "one"), (three, "three")):
         assert done.status == "succeeded" and isinstance(done.output, list), done.error
         (url,) = done.output

@@ -9,7 +9,7 @@ from celery.signals import task_postrun, task_prerun
 from db import log_format
 from tests.helpers import create_prediction_row, create_version
 from tests.log_lines import Lines, capture_lines
-from tests.workers.stubs import Recording, run_together, use
+from tests.workers.stubs import Recording, StandInRuntime, run_together
 from workers import batches
 from workers.tasks.predictions import run_prediction
 
@@ -27,9 +27,9 @@ class CrashesOnOne(Recording):
 
 
 def test_batch_lines_carry_the_batchs_prediction_ids_and_the_culprits_id(
-    monkeypatch: pytest.MonkeyPatch, lines: Lines
+    monkeypatch: pytest.MonkeyPatch, runtime: StandInRuntime, lines: Lines
 ) -> None:
-    use(monkeypatch, CrashesOnOne)
+    runtime.use(CrashesOnOne)
     recorded = batches.record
 
     def record(*args: Any) -> None:  # on the recorder thread
@@ -39,7 +39,7 @@ def test_batch_lines_carry_the_batchs_prediction_ids_and_the_culprits_id(
     monkeypatch.setattr(batches, "record", record)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     ok, crash = [create_prediction_row(version, text=text) for text in ("ok", "crash")]
-    done = run_together(version, [ok, crash])
+    done = run_together(runtime, version, [ok, crash])
     assert [p.status for p in done] == ["succeeded", "failed"]
 
     [split] = lines.with_message("a batch of 2 failed")
@@ -51,7 +51,7 @@ def test_batch_lines_carry_the_batchs_prediction_ids_and_the_culprits_id(
     assert recording["prediction_ids"] == [ok, crash]
 
     # A batch of one names its prediction in `prediction_id`.
-    run_together(version, [ok])  # finished already: the delivery is ignored
+    run_together(runtime, version, [ok])  # finished already: the delivery is ignored
     [ignored] = lines.with_message("is not startable")
     assert ignored["prediction_id"] == ok and "prediction_ids" not in ignored
     assert log_format.context_fields() == {}  # nothing left behind in this thread

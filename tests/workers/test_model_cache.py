@@ -11,9 +11,9 @@ from db.session import session_scope
 from db.tables import ModelVersion
 from tests.custom_predictors import Sized
 from tests.helpers import new_username
-from workers import runtime
 from workers.model_cache import CachedModel, ModelCache, tensor_bytes
-from workers.settings import get_worker_settings
+from workers.runtime import WorkerRuntime
+from workers.settings import WorkerSettings
 
 
 def fake(size: int, device: str = "cpu") -> CachedModel:
@@ -107,10 +107,10 @@ def version_of(predictor: str, weights: str) -> ModelVersion:
 
 
 def test_the_worker_runtime_evicts_within_its_configured_budget(
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: WorkerRuntime, settings: WorkerSettings
 ) -> None:
     """Three 400 MB models under a 1000 MB budget: the third load drops the first."""
-    monkeypatch.setattr(get_worker_settings(), "model_memory_mb", 1000)
+    settings.model_memory_mb = 1000
     first, second, third = (
         version_of("tests.custom_predictors:Sized", f"package://tests/{folder}")
         for folder in ("workers", "api", "db")
@@ -122,7 +122,9 @@ def test_the_worker_runtime_evicts_within_its_configured_budget(
     assert runtime.get_predictor(second)[1]  # it was evicted: loaded again
 
 
-def test_versions_that_differ_only_in_batching_share_one_loaded_model() -> None:
+def test_versions_that_differ_only_in_batching_share_one_loaded_model(
+    runtime: WorkerRuntime,
+) -> None:
     one = version_of("tests.custom_predictors:Reverse", "package://tests")
     two = version_of("tests.custom_predictors:Reverse", "package://tests")
     loaded, _ = runtime.get_predictor(one)

@@ -9,7 +9,10 @@ from db.tables import PredictionStatus
 from tests.helpers import create_prediction_row
 from tests.workers.stubs import load
 from workers import recording
+from workers.events import Event, EventPublisher
 from workers.recording import Outcome
+from workers.runtime import WorkerRuntime
+from workers.settings import get_worker_settings
 
 
 def claim(*ids: str) -> list[Claim]:
@@ -90,20 +93,29 @@ def test_a_stale_attempt_writes_nothing() -> None:
     assert second.attempts == 2
 
 
-def test_the_recorder_publishes_output_and_logs_only_for_what_it_wrote() -> None:
+class Kept(EventPublisher):
+    """Keeps what it is given to publish, instead of publishing it."""
+
+    def __init__(self) -> None:
+        super().__init__(get_worker_settings().redis_url)
+        self.published: list[Event] = []
+
+    def publish_many(self, events: list[Event]) -> bool:
+        self.published.extend(events)
+        return True
+
+
+def test_the_recorder_publishes_output_and_logs_only_for_what_it_wrote(
+    runtime: WorkerRuntime,
+) -> None:
     written, canceled, stale = (create_prediction_row() for _ in range(3))
     claims = claim(written, canceled, stale)
     cancel(canceled)
-    published: list[tuple[str, str, str]] = []
     claims[2] = Claim(stale, {}, claims[2].attempts - 1, None, claims[2].owner_id)
-    real = recording.events.publish_many
-    try:
-        recording.events.publish_many = lambda events: published.extend(events) or True  # type: ignore[assignment]
-        recording.record(claims, [Outcome(output=[7.0], batch_size=3)] * 3, [], "test/model")
-    finally:
-        recording.events.publish_many = real  # type: ignore[method-assign]
-    assert [(id, event) for id, event, _ in published] == [
+    runtime.events = kept = Kept()
+    recording.record(runtime, claims, [Outcome(output=[7.0], batch_size=3)] * 3, [], "test/model")
+    assert [(id, event) for id, event, _ in kept.published] == [
         (written, "output"), (written, "logs"), (canceled, "logs"),
     ]  # fmt: skip
-    assert json.loads(published[0][2]) == [7.0] and load(written).output == [7.0]
+    assert json.loads(kept.published[0][2]) == [7.0] and load(written).output == [7.0]
     assert load(canceled).status == "canceled" and load(stale).status == "processing"

@@ -13,8 +13,9 @@ from concurrent.futures import wait
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from workers.batches import batcher_for
-from workers.celery_app import RUN_PREDICTION_TASK, app
+from workers.celery_app import app
+from workers.contract import RUN_PREDICTION_TASK
+from workers.runtime import get_runtime
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -27,7 +28,7 @@ from workers.celery_app import RUN_PREDICTION_TASK, app
 )
 def run_prediction(prediction_ids: list[str] | str, version_id: str) -> None:
     ids = [prediction_ids] if isinstance(prediction_ids, str) else prediction_ids
-    batcher = batcher_for(version_id)
+    batcher = get_runtime().batcher_for(version_id)
     futures = [batcher.submit(id) for id in dict.fromkeys(ids)]
     wait(futures)  # all settled before the ack, even when one failed
     for future in futures:

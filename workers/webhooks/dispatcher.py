@@ -14,13 +14,14 @@ import threading
 import time
 
 import psycopg
+from celery import Celery
 
 from db.repositories import webhook_deliveries
 from db.session import session_scope
 from db.settings import get_database_settings
 from workers import metrics
-from workers.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE, app
-from workers.settings import get_worker_settings
+from workers.contract import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
+from workers.settings import WorkerSettings
 from workers.webhooks import delivery
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,8 @@ CHANNEL = "quern_webhook_deliveries"
 BATCH = 500
 
 
-def recover() -> None:
+def recover(settings: WorkerSettings) -> None:
     """Take back attempts lost with their worker, and deliveries whose message was lost."""
-    settings = get_worker_settings()
     with session_scope() as session:
         lost = webhook_deliveries.take_back_lost(
             session,
@@ -50,7 +50,7 @@ def recover() -> None:
         )
 
 
-def publish_due() -> float | None:
+def publish_due(app: Celery, settings: WorkerSettings) -> float | None:
     """Publish every due delivery that has no message. Returns the seconds until the next one
     is due (None: none is waiting)."""
     while True:
@@ -68,37 +68,27 @@ def publish_due() -> float | None:
             log.warning("dispatcher: could not publish %d deliveries; will retry", len(unsent))
             with session_scope() as session:
                 webhook_deliveries.mark_not_enqueued(session, ids=unsent)
-            return get_worker_settings().webhook_dispatch_interval_s
+            return settings.webhook_dispatch_interval_s
         if len(due) < BATCH:
             return next_in_s
 
 
-def _loop() -> None:
-    settings = get_worker_settings()
+def run(app: Celery, settings: WorkerSettings, stopping: threading.Event) -> None:
+    """Recover and publish as the module says, until `stopping` is set."""
     interval = settings.webhook_dispatch_interval_s
     recovered_at = -interval
-    while True:
+    while not stopping.is_set():
         try:
             with psycopg.connect(get_database_settings().libpq_url, autocommit=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
-                while True:
+                while not stopping.is_set():
                     if time.monotonic() - recovered_at >= interval:
-                        recover()
+                        recover(settings)
                         recovered_at = time.monotonic()
-                    next_due_s = publish_due()
+                    next_due_s = publish_due(app, settings)
                     wait_s = interval if next_due_s is None else min(interval, next_due_s)
                     for _ in conn.notifies(timeout=max(wait_s, 0.01), stop_after=1):
                         pass
         except Exception:
             log.warning("dispatcher failed; starting again", exc_info=True)
-            time.sleep(1)
-
-
-_started = threading.Event()
-
-
-def start() -> None:
-    """Start the dispatcher thread, once per process."""
-    if not _started.is_set():
-        _started.set()
-        threading.Thread(target=_loop, name="webhook-dispatcher", daemon=True).start()
+            stopping.wait(1)

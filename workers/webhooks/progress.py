@@ -1,13 +1,14 @@
 """`output` and `logs` webhooks of the predictions this worker runs: at most one of each per
 EVERY_S per prediction.
 
-The batch runner tells this module what it claims (`watch`: which predictions want these
-events, as the claim found them), hands it every streamed chunk (`output_chunks`, on the model's
-thread: it only counts and, when due, queues a write for another thread), then what it
-records (`record`, in the recording transaction: the output of a model that did not stream,
-each attempt's logs) and finally `forget`s the batch. A streamed `output` event carries the
-output so far: for text, the chunks concatenated; otherwise the list of chunks. The final
-output always comes with `completed`; a throttled last chunk is not sent on its own.
+The batch runner tells the throttle (one per worker runtime) what it claims (`watch`: which
+predictions want these events, as the claim found them), hands it every streamed chunk
+(`output_chunks`, on the model's thread: it only counts and, when due, queues a write for
+another thread), then what it records (`record`, in the recording transaction: the output of a
+model that did not stream, each attempt's logs) and finally `forget`s the batch. A streamed
+`output` event carries the output so far: for text, the chunks concatenated; otherwise the
+list of chunks. The final output always comes with `completed`; a throttled last chunk is not
+sent on its own.
 """
 
 import logging
@@ -29,57 +30,72 @@ log = logging.getLogger(__name__)
 EVERY_S = 0.5
 PROGRESS = frozenset(webhook_deliveries.PROGRESS_EVENTS)
 
-_lock = threading.Lock()
-_wanted: dict[str, frozenset[str]] = {}  # prediction id -> events wanted of output, logs
-_chunks: dict[str, list[Any]] = {}  # prediction id -> streamed chunks so far
-_sent_at: dict[tuple[str, str], float] = {}  # (prediction id, event) -> monotonic time
-# One thread, so a prediction's output events are written in the order they were made.
-_writer = log_format.ContextThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-output")
 
+class ProgressThrottle:
+    """Which running predictions want progress events, and when each was last sent."""
 
-def watch(claims: list[Claim]) -> None:
-    """At claim time: learn which of these predictions want `output` or `logs` events (an
-    attempt starts afresh: nothing is left of an earlier one that was never recorded)."""
-    forget(claim.id for claim in claims)
-    wanted = {claim.id: claim.webhook_events & PROGRESS for claim in claims}
-    with _lock:
-        _wanted.update({id: events for id, events in wanted.items() if events})
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wanted: dict[str, frozenset[str]] = {}  # prediction id -> wanted of output, logs
+        self._chunks: dict[str, list[Any]] = {}  # prediction id -> streamed chunks so far
+        self._sent_at: dict[tuple[str, str], float] = {}  # (prediction id, event) -> monotonic
+        # One thread, so a prediction's output events are written in the order they were made.
+        self._writer = log_format.ContextThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="webhook-output"
+        )
 
+    def watch(self, claims: list[Claim]) -> None:
+        """At claim time: learn which of these predictions want `output` or `logs` events (an
+        attempt starts afresh: nothing is left of an earlier one that was never recorded)."""
+        self.forget(claim.id for claim in claims)
+        wanted = {claim.id: claim.webhook_events & PROGRESS for claim in claims}
+        with self._lock:
+            self._wanted.update({id: events for id, events in wanted.items() if events})
 
-def forget(prediction_ids: Iterable[str]) -> None:
-    with _lock:
-        for prediction_id in prediction_ids:
-            _wanted.pop(prediction_id, None)
-            _chunks.pop(prediction_id, None)
-            for event in webhook_deliveries.PROGRESS_EVENTS:
-                _sent_at.pop((prediction_id, event), None)
+    def forget(self, prediction_ids: Iterable[str]) -> None:
+        with self._lock:
+            for prediction_id in prediction_ids:
+                self._wanted.pop(prediction_id, None)
+                self._chunks.pop(prediction_id, None)
+                for event in webhook_deliveries.PROGRESS_EVENTS:
+                    self._sent_at.pop((prediction_id, event), None)
 
+    def _due(self, prediction_id: str, event: str) -> bool:
+        """Whether `event` may go now (then it counts as sent). Call with the lock held."""
+        if event not in self._wanted.get(prediction_id, ()):
+            return False
+        now = time.monotonic()
+        if now - self._sent_at.get((prediction_id, event), -EVERY_S) < EVERY_S:
+            return False
+        self._sent_at[(prediction_id, event)] = now
+        return True
 
-def _due(prediction_id: str, event: str) -> bool:
-    """Whether `event` may go now (then it counts as sent). Call with the lock held."""
-    if event not in _wanted.get(prediction_id, ()):
-        return False
-    now = time.monotonic()
-    if now - _sent_at.get((prediction_id, event), -EVERY_S) < EVERY_S:
-        return False
-    _sent_at[(prediction_id, event)] = now
-    return True
+    def output_chunks(self, chunks: Mapping[str, Any]) -> None:
+        """New chunks (prediction id -> chunk) from the running model. Never blocks it."""
+        due: list[tuple[str, Any]] = []
+        with self._lock:
+            for prediction_id, chunk in chunks.items():
+                if WebhookEvent.OUTPUT not in self._wanted.get(prediction_id, ()):
+                    continue
+                so_far = self._chunks.setdefault(prediction_id, [])
+                so_far.append(chunk)
+                if self._due(prediction_id, WebhookEvent.OUTPUT):
+                    text = all(isinstance(part, str) for part in so_far)
+                    due.append((prediction_id, "".join(so_far) if text else list(so_far)))
+        for prediction_id, output in due:
+            self._writer.submit(_add_output, prediction_id, output)
 
+    def record(self, session: Session, events: Iterable[tuple[str, str, Any]]) -> None:
+        """In the transaction recording these events (prediction id, "output" or "logs", value)."""
+        if not self._wanted:  # no webhook of this process wants progress events: nothing to lock
+            return
+        with self._lock:
+            due = [(p, WebhookEvent(e)) for p, e, _ in events if self._due(p, e)]
+        for prediction_id, event in due:
+            webhook_deliveries.add_recorded(session, prediction_id=prediction_id, event=event)
 
-def output_chunks(chunks: Mapping[str, Any]) -> None:
-    """New chunks (prediction id -> chunk) from the running model. Never blocks it."""
-    due: list[tuple[str, Any]] = []
-    with _lock:
-        for prediction_id, chunk in chunks.items():
-            if WebhookEvent.OUTPUT not in _wanted.get(prediction_id, ()):
-                continue
-            so_far = _chunks.setdefault(prediction_id, [])
-            so_far.append(chunk)
-            if _due(prediction_id, WebhookEvent.OUTPUT):
-                text = all(isinstance(part, str) for part in so_far)
-                due.append((prediction_id, "".join(so_far) if text else list(so_far)))
-    for prediction_id, output in due:
-        _writer.submit(_add_output, prediction_id, output)
+    def close(self) -> None:
+        self._writer.shutdown()
 
 
 def _add_output(prediction_id: str, output: Any) -> None:
@@ -90,13 +106,3 @@ def _add_output(prediction_id: str, output: Any) -> None:
             )
     except Exception:  # a lost progress event is not worth failing anything for
         log.warning("could not write an output webhook for %s", prediction_id, exc_info=True)
-
-
-def record(session: Session, events: Iterable[tuple[str, str, Any]]) -> None:
-    """In the transaction recording these events (prediction id, "output" or "logs", value)."""
-    if not _wanted:  # no webhook of this process wants progress events: nothing to lock
-        return
-    with _lock:
-        due = [(p, WebhookEvent(e)) for p, e, _ in events if _due(p, e)]
-    for prediction_id, event in due:
-        webhook_deliveries.add_recorded(session, prediction_id=prediction_id, event=event)
