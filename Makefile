@@ -43,7 +43,7 @@ migrate: $(STAMP) ## Apply migrations to DATABASE_URL, then seed the built-in mo
 	$(BIN)/python -m db.seed
 
 api: $(STAMP) ## Run only the API (DATABASE_URL, REDIS_URL, QUERN_JWT_SECRET from the environment)
-	$(BIN)/uvicorn api.main:app --host 127.0.0.1 --port 8000
+	$(BIN)/uvicorn api.main:app --host 127.0.0.1 --port 8000 --forwarded-allow-ips "$${FORWARDED_ALLOW_IPS:-}"
 
 worker: $(STAMP) ## Run only a worker (DATABASE_URL, REDIS_URL from the environment)
 	$(BIN)/celery -A workers.celery_app worker -Q predictions.cpu --loglevel INFO

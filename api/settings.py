@@ -37,13 +37,18 @@ class ApiSettings(BaseSettings):
     rate_limit_write: str = "600/minute"
     rate_limit_read: str = "3000/minute"
     rate_limit_auth: str = "30/minute"
+    # Failed sign-ins per account, whatever address they come from (password guessing spread
+    # over many addresses). Only failures count.
+    rate_limit_signin_failures: str = "20/hour"
     # Resource limits per user: unfinished predictions (429 beyond), live API tokens.
     max_in_flight_per_user: int = Field(default=1000, ge=1)
     max_tokens_per_user: int = Field(default=100, ge=1)
     # Any string anywhere in a prediction's input (the version's schema may say less).
     max_input_string_chars: int = Field(default=100_000, ge=1)
 
-    @field_validator("rate_limit_write", "rate_limit_read", "rate_limit_auth")
+    @field_validator(
+        "rate_limit_write", "rate_limit_read", "rate_limit_auth", "rate_limit_signin_failures"
+    )
     @classmethod
     def parse_rate_limit(cls, value: str) -> str:
         parse(value)  # ValueError names the bad spec

@@ -74,6 +74,14 @@ def start_redis(state: Path, port: int) -> tuple[str, subprocess.Popen[bytes]]:
     return url, process
 
 
+def api_command(port: int) -> list[str]:
+    """uvicorn's arguments. Forwarded headers (X-Forwarded-For) are trusted only from the
+    proxies in FORWARDED_ALLOW_IPS, none by default: uvicorn's own default trusts any local
+    client, who could then pose as any address and reset the per-address sign-in limit."""
+    return ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
+            "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "")]  # fmt: skip
+
+
 def run_step(args: list[str], env: dict[str, str]) -> None:
     subprocess.run([sys.executable, *args], cwd=ROOT, env=env, check=True)
 
@@ -151,8 +159,7 @@ def main() -> None:
         gpu_env = env | {"CUDA_VISIBLE_DEVICES": str(gpu)}
         children.append(celery_worker("predictions.gpu", f"gpu{gpu}", gpu_env))
     children.append(celery_worker("webhooks", "webhooks", env))
-    api_cmd = ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(options.port)]
-    api = subprocess.Popen([sys.executable, *api_cmd], cwd=ROOT, env=env)
+    api = subprocess.Popen([sys.executable, *api_command(options.port)], cwd=ROOT, env=env)
     children.append(api)
 
     def stop(*_: object) -> None:

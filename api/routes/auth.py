@@ -4,9 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.security import OAuth2PasswordRequestForm
+from starlette.concurrency import run_in_threadpool
 
+from api import rate_limits
 from api.deps import AuthAttempt, SettingsDep, TransactionDep
-from api.errors import PROBLEMS
+from api.errors import PROBLEMS, Unauthorized
 from api.schemas.auth import RegisterRequest, TokenOut, UserOut
 from api.services import auth
 
@@ -20,10 +22,19 @@ def register(body: RegisterRequest, tx: TransactionDep) -> UserOut:
 
 
 @router.post("/token", response_model=TokenOut)
-def token(
+async def token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     tx: TransactionDep,
     settings: SettingsDep,
 ) -> TokenOut:
-    """Exchange username and password (OAuth2 password form) for a bearer JWT."""
-    return auth.issue_token(tx.session, settings, form.username, form.password)
+    """Exchange username and password (OAuth2 password form) for a bearer JWT. An account
+    with too many failed sign-ins lately answers 429, right password or not."""
+    account = f"account:{form.username.lower()}"
+    await rate_limits.refuse_if_spent(settings, "signin-failures", account)
+    try:
+        return await run_in_threadpool(
+            auth.issue_token, tx.session, settings, form.username, form.password
+        )
+    except Unauthorized:
+        await rate_limits.count(settings, "signin-failures", account)
+        raise

@@ -174,3 +174,34 @@ def test_input_strings_are_capped_server_wide(
     assert problem["invalid_fields"] == [
         {"field": "input.text", "message": "Longer than 10 characters"}
     ]
+
+
+def test_failed_sign_ins_are_limited_per_account_from_any_address(
+    client: TestClient, settings, monkeypatch
+) -> None:
+    """Guessing one account's password from many addresses: after 3 failures it answers 429,
+    even to the right password; another account is not affected, and successes never count."""
+    monkeypatch.setattr(settings, "rate_limit_signin_failures", "3/minute")
+    victim, other = new_username(), new_username()
+    for name in (victim, other):
+        password = "the right password"
+        client.post("/v1/auth/register", json={"username": name, "password": password})
+    right = {"username": victim, "password": "the right password"}
+    for _ in range(3):  # successes do not use up the budget
+        assert client.post("/v1/auth/token", data=right).status_code == 200
+    for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+        wrong = client.post(
+            "/v1/auth/token",
+            data={"username": victim, "password": "a wrong guess"},
+            headers={"X-Forwarded-For": address},
+        )
+        assert_problem(wrong, 401)
+    refused = client.post("/v1/auth/token", data=right)
+    assert_problem(refused, 429, "signin-failures")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert (
+        client.post(
+            "/v1/auth/token", data={"username": other, "password": "the right password"}
+        ).status_code
+        == 200
+    )
