@@ -37,7 +37,8 @@ class Principal:
 
     @property
     def rate_limit_key(self) -> str:
-        return f"token:{self.api_token_id}" if self.api_token_id else f"user:{self.user.id}"
+        """The account, whichever of its tokens (or JWT) is used: more tokens, no more budget."""
+        return f"user:{self.user.id}"
 
 
 @dataclass

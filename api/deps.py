@@ -74,9 +74,15 @@ async def get_principal(
 ) -> Principal:
     """Authenticate (from the process's cache when it can), then count the request against
     the caller's rate limit; both on the event loop, no thread hop on a cache hit."""
-    if credentials is None:
-        raise Unauthorized("Missing credentials: send 'Authorization: Bearer <token>'")
-    principal = await authenticate(listener.principals, settings, credentials.credentials)
+    try:
+        if credentials is None:
+            raise Unauthorized("Missing credentials: send 'Authorization: Bearer <token>'")
+        principal = await authenticate(listener.principals, settings, credentials.credentials)
+    except Unauthorized:
+        # Guessing tokens spends the same per-address budget as guessing passwords (429 once
+        # it is spent); a valid caller never pays for it.
+        await limit_auth_attempts(request, settings)
+        raise
     bucket = "read" if request.method in ("GET", "HEAD") else "write"
     usage = await rate_limits.hit(settings, bucket, principal.rate_limit_key)
     if usage is not None:

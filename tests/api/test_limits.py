@@ -57,14 +57,30 @@ def test_reads_are_limited_separately(client: TestClient, auth, settings, monkey
     assert client.post("/v1/predictions", json=BODY, headers=auth).status_code == 201
 
 
-def test_each_api_token_has_its_own_budget(client: TestClient, auth, settings, monkeypatch) -> None:
+def test_all_of_an_accounts_tokens_share_one_budget(
+    client: TestClient, auth, settings, monkeypatch
+) -> None:
+    """More tokens must not mean more requests: the limits count the account."""
     token = client.post("/v1/tokens", json={"name": "a"}, headers=auth).json()["token"]
     by_token = {"Authorization": f"Bearer {token}"}
-    monkeypatch.setattr(settings, "rate_limit_read", "1/minute")
+    monkeypatch.setattr(settings, "rate_limit_read", "2/minute")
     assert client.get("/v1/account", headers=auth).status_code == 200
-    assert_problem(client.get("/v1/account", headers=auth), 429)
     assert client.get("/v1/account", headers=by_token).status_code == 200
     assert_problem(client.get("/v1/account", headers=by_token), 429)
+    assert_problem(client.get("/v1/account", headers=auth), 429)
+    other = register_and_login(client)
+    assert client.get("/v1/account", headers=other).status_code == 200
+
+
+def test_requests_with_invalid_tokens_spend_the_per_address_budget(
+    client: TestClient, settings, monkeypatch
+) -> None:
+    # Its own amount, so its own count (limits keys a window by the limit): 3, not another 2.
+    monkeypatch.setattr(settings, "rate_limit_auth", "3/minute")
+    for _ in range(3):
+        assert_problem(client.get("/v1/account", headers={"Authorization": "Bearer qrn_x"}), 401)
+    assert_problem(client.get("/v1/account", headers={"Authorization": "Bearer qrn_y"}), 429)
+    assert_problem(client.get("/v1/account"), 429)  # no credentials at all: the same budget
 
 
 def test_sign_in_attempts_are_limited_per_address(
