@@ -1,4 +1,4 @@
-"""Per-token rate limits shared by every API process, counted in Redis by the `limits` library.
+"""Per-account rate limits shared by every API process, counted in Redis by `limits`.
 
 Two buckets per identity: `write` (creating predictions, and every other POST or DELETE) and
 `read` (GET). The defaults are Replicate's: 600 writes and 3000 reads a minute. Sign-up and
