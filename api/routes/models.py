@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import AdminUser, BaseUrl, CurrentUser, TransactionDep
+from api.deps import AdminUser, BaseUrl, CurrentUser, SettingsDep, TransactionDep
 from api.errors import PROBLEMS
 from api.schemas.models import (
     MODEL_NAME_PATTERN,
@@ -47,11 +47,19 @@ def get_model(
 
 @router.post("/{owner}/{name}/versions", status_code=201, response_model=VersionOut)
 def create_version(
-    owner: Owner, name: Name, body: VersionCreate, tx: TransactionDep, admin: AdminUser
+    owner: Owner,
+    name: Name,
+    body: VersionCreate,
+    tx: TransactionDep,
+    admin: AdminUser,
+    settings: SettingsDep,
 ) -> VersionOut:
-    """Add a version (administrators only). It becomes the model's latest at once, and workers
-    serve it without a restart. Versions are immutable: change something, add a version."""
-    return models.create_version(tx.session, owner, name, body)
+    """Add a version (administrators, to their own models). It becomes the model's latest at
+    once, and workers serve it without a restart. Versions are immutable: change something, add
+    a version."""
+    return models.create_version(
+        tx.session, owner, name, body, by=admin, any_model=settings.admins_publish_any_model
+    )
 
 
 @router.get("/{owner}/{name}/versions", response_model=VersionPage)

@@ -79,10 +79,16 @@ def create_model(session: Session, owner: User, body: ModelCreate, base_url: str
     return to_out(ModelWithOwner(model, owner.username, None), base_url, run_count=0)
 
 
-def create_version(session: Session, owner: str, name: str, body: VersionCreate) -> VersionOut:
-    """The model's new latest version. Workers read it by id when its first prediction
-    arrives, so it is served without restarting them."""
+def create_version(
+    session: Session, owner: str, name: str, body: VersionCreate, *, by: User, any_model: bool
+) -> VersionOut:
+    """The model's new latest version, published by its owner (or by any admin when
+    `any_model`). Workers read it by id when its first prediction arrives, so it is served
+    without restarting them."""
     row = _find(session, owner, name)
+    if row.model.owner_id != by.id and not any_model:
+        # The new version becomes the latest for everyone who runs `owner/name`.
+        raise Forbidden(f"Only {owner} may publish versions of {owner}/{name}")
     version = models.create_version(session, model_id=row.model.id, **body.model_dump())
     # API processes drop their cached `owner/name` → latest version once this commits.
     cache_notices.announce(session, what=cache_notices.VERSIONS)

@@ -73,6 +73,23 @@ def test_only_administrators_add_versions(
     assert_problem(response, 403)
 
 
+def test_only_the_models_owner_publishes_its_versions(
+    client: TestClient, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another admin's version would become the latest for everyone who runs the model."""
+    from api.settings import get_api_settings
+
+    other_admin = register_admin(client)
+    response = client.post(f"/v1/models/{model}/versions", json=VERSION, headers=other_admin)
+    assert_problem(response, 403, model)
+    builtin = client.post("/v1/models/quern/all-minilm-l6-v2/versions", json=VERSION,
+                          headers=other_admin)  # fmt: skip
+    assert_problem(builtin, 403)
+    monkeypatch.setattr(get_api_settings(), "admins_publish_any_model", True)  # the override
+    response = client.post(f"/v1/models/{model}/versions", json=VERSION, headers=other_admin)
+    assert response.status_code == 201, response.text
+
+
 def test_unknown_models_and_versions_are_404(
     client: TestClient, admin: dict[str, str], model: str, auth: dict[str, str]
 ) -> None:
