@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from db.ids import new_id
 from db.repositories import files, predictions
 from db.repositories.predictions import Claim
-from db.storable import unstorable
+from db.storable import MAX_DEPTH, unstorable
 from models.base import FileOutput
 from workers.settings import get_worker_settings
 
@@ -29,9 +29,13 @@ def encode(output: Any) -> str | None:
     usual case, checked at C speed); None when it needs `store`."""
     try:
         text = json.dumps(output, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError):  # a FileOutput, NaN, or not JSON at all
+    except (TypeError, ValueError, RecursionError):  # a FileOutput, NaN, not JSON at all
         return None
     if "\\u0000" in text or not (text.isascii() or _is_utf8(text)):
+        return None
+    # Could be nested past what the API can serialize back: `store` measures it (brackets
+    # inside strings count here too, which only sends such an output the slower way).
+    if text.count("[") + text.count("{") > MAX_DEPTH:
         return None
     return text
 

@@ -7,6 +7,7 @@ model is a stand-in. The live worker and the real models are exercised in tests/
 import threading
 from typing import Any
 
+from db.storable import MAX_DEPTH
 from models.base import PredictionError
 from tests.helpers import create_prediction_row, create_version
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
@@ -37,6 +38,14 @@ class OutOfMemoryAbove2(Recording):
 class ReturnsNaN(Recording):
     def embed(self, text: str) -> Any:
         return [1.0, float("nan")]
+
+
+class ReturnsDeepNesting(Recording):
+    def embed(self, text: str) -> Any:
+        nested: Any = [1.0]
+        for _ in range(300):  # past what pydantic serializes (~255) on the way out
+            nested = [nested]
+        return nested
 
 
 def test_queued_predictions_for_one_version_run_in_a_single_batch(runtime: StandInRuntime) -> None:
@@ -105,6 +114,14 @@ def test_an_unstorable_output_fails_the_prediction_instead_of_leaving_it_process
     (prediction,) = run_together(runtime, version, [create_prediction_row(version)])
     assert prediction.status == "failed"
     assert "output[1]" in prediction.error and "NaN" in prediction.error
+
+
+def test_an_output_nested_too_deep_fails_with_a_clear_error(runtime: StandInRuntime) -> None:
+    runtime.use(ReturnsDeepNesting)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=0)
+    (prediction,) = run_together(runtime, version, [create_prediction_row(version)])
+    assert prediction.status == "failed" and prediction.output is None
+    assert f"deeper than {MAX_DEPTH}" in prediction.error
 
 
 def test_a_duplicate_delivery_in_the_same_batch_runs_the_model_once(
