@@ -112,9 +112,13 @@ async def limit_auth_attempts(request: Request, settings: SettingsDep) -> None:
     await rate_limits.hit(settings, "auth", f"ip:{client}")
 
 
-async def base_url(request: Request) -> str:
+def request_base_url(request: Request) -> str:
     """Where this request reached the API: the root of the URLs in answers."""
     return str(request.base_url).rstrip("/")
+
+
+async def base_url(request: Request) -> str:
+    return request_base_url(request)
 
 
 BaseUrl = Annotated[str, Depends(base_url)]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentUser, ListenerDep, SettingsDep, TransactionDep
+from api.deps import CurrentUser, ListenerDep, SettingsDep, TransactionDep, request_base_url
 from api.errors import PROBLEMS, NotFound, Unprocessable
 from api.queue import Publisher
 from api.schemas.auth import USERNAME_PATTERN
@@ -33,10 +33,6 @@ PING_S = 15
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"], responses=PROBLEMS)
 # POST /v1/models/{owner}/{name}/predictions: a prediction, addressed by its model.
 model_router = APIRouter(prefix="/v1/models", tags=["predictions"], responses=PROBLEMS)
-
-
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
 
 
 CancelAfter = Annotated[
@@ -136,7 +132,7 @@ async def _create(
 ) -> Response:
     """Answered directly (not through `response_model`): the object is built and checked once."""
     wait_s = parse_prefer_wait(headers.prefer)
-    base_url = _base_url(request)
+    base_url = request_base_url(request)
     publisher: Publisher = request.state.publisher
     watching = None
     if headers.idempotency_key is None:
@@ -194,7 +190,7 @@ def list_predictions(
 ) -> PredictionPage:
     """Your predictions, newest first, in cursor pages."""
     size = min(page_size or settings.page_size_default, settings.page_size_max)
-    return predictions.list_page(tx, user, cursor, size, _base_url(request))
+    return predictions.list_page(tx, user, cursor, size, request_base_url(request))
 
 
 @router.get("/{prediction_id}", response_model=PredictionOut)
@@ -202,7 +198,7 @@ def get_prediction(
     prediction_id: str, request: Request, tx: TransactionDep, user: CurrentUser
 ) -> PredictionOut:
     """One of your predictions; anyone else's is 404."""
-    return predictions.get(tx, user, prediction_id, _base_url(request))
+    return predictions.get(tx, user, prediction_id, request_base_url(request))
 
 
 @router.get(
@@ -221,7 +217,7 @@ def stream_prediction(
     `logs`, then `error` if it failed and `done` (`{"status": ...}`). Every event has an id (the
     last ones repeat the id before them): reconnect with `Last-Event-ID` to resume without loss
     or repeats. Opened after the end, it replays the output and ends."""
-    base_url = _base_url(request)
+    base_url = request_base_url(request)
     prediction = predictions.get(tx, user, prediction_id, base_url)  # 404 if not yours
     load = partial(predictions.load, user, prediction.id, base_url)
     return EventSourceResponse(
@@ -237,4 +233,4 @@ def cancel_prediction(
 ) -> PredictionOut:
     """Cancel: a queued one never runs, a running one stops at its next step, a finished one
     is returned unchanged."""
-    return predictions.cancel(tx, user, prediction_id, _base_url(request))
+    return predictions.cancel(tx, user, prediction_id, request_base_url(request))

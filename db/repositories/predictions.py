@@ -216,27 +216,6 @@ def renew_leases(session: Session, *, claims: builtins.list[Claim], lease_s: flo
     )
 
 
-def retry_later(session: Session, *, claim: Claim, delay_s: float, logs: str) -> bool:
-    """Put a failed attempt back in the queue (appending `logs`); the sweeper sends it again
-    after `delay_s`."""
-    result = session.execute(
-        update(Prediction)
-        .where(
-            Prediction.id == claim.id,
-            Prediction.status == PredictionStatus.PROCESSING,
-            Prediction.attempts == claim.attempts,
-        )
-        .values(
-            status=PredictionStatus.STARTING,
-            next_attempt_at=func.now() + seconds(delay_s),
-            enqueued_at=None,
-            lease_expires_at=None,
-            logs=Prediction.logs + logs,
-        )
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
 @dataclass(frozen=True)
 class Fate:
     """What `record` writes for one attempt. `status` None: canceled while it ran, so only

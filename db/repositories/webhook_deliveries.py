@@ -43,18 +43,6 @@ PROGRESS_EVENTS = (WebhookEvent.OUTPUT, WebhookEvent.LOGS)
 LOST = "The worker was lost during this attempt"
 
 
-def progress_filters(session: Session, *, prediction_ids: list[str]) -> dict[str, frozenset[str]]:
-    """Those of these predictions whose webhook wants `output` or `logs` events, and which."""
-    rows = session.execute(
-        select(Prediction.id, Prediction.webhook_events_filter).where(
-            Prediction.id.in_(prediction_ids),
-            Prediction.webhook.is_not(None),
-            Prediction.webhook_events_filter.overlap(list(PROGRESS_EVENTS)),
-        )
-    )
-    return {id: frozenset(events or ()) & frozenset(PROGRESS_EVENTS) for id, events in rows}
-
-
 def _row() -> ColumnElement[Any]:
     """The prediction row as JSON, as the trigger snapshots it (to_jsonb)."""
     table = cast(Table, Prediction.__table__)

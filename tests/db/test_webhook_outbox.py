@@ -59,7 +59,8 @@ def test_start_on_the_first_claim_only_and_completed_with_the_row_at_event_time(
     prediction_id = create()
     with session_scope() as session:
         (claim,) = predictions.claim(session, ids=[prediction_id], lease_s=60)
-        predictions.retry_later(session, claim=claim, delay_s=0, logs="retrying\n")
+        fate = predictions.Fate(claim.id, claim.attempts, PredictionStatus.STARTING, "retrying\n")
+        predictions.record(session, fates=[fate])
     with session_scope() as session:  # the second attempt has started before: no second start
         predictions.claim(session, ids=[prediction_id], lease_s=60)
     finish(prediction_id, PredictionStatus.SUCCEEDED, output=[1.0, 2.5])
