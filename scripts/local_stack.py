@@ -162,7 +162,7 @@ def main() -> None:
     api = subprocess.Popen([sys.executable, *api_command(options.port)], cwd=ROOT, env=env)
     children.append(api)
 
-    def stop(*_: object) -> None:
+    def stop_children() -> None:
         for child in reversed(children):
             if child.poll() is None:
                 child.terminate()
@@ -171,16 +171,23 @@ def main() -> None:
                 child.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+    def stop(*_: object) -> None:
+        stop_children()
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
     base_url = f"http://127.0.0.1:{options.port}"
-    wait_for_api(base_url, api)
-    token = demo_token(base_url, state)
-    # The local demo user runs the whole install: make it an administrator.
-    run_step(["-m", "api.admin", "promote", DEMO_USER], env)
+    try:
+        wait_for_api(base_url, api)
+        token = demo_token(base_url, state)
+        # The local demo user runs the whole install: make it an administrator.
+        run_step(["-m", "api.admin", "promote", DEMO_USER], env)
+    except BaseException:  # a failed start leaves no worker or server running behind it
+        stop_children()
+        raise
     log("Quern is ready. Try (the first prediction of each model loads it: seconds):")
     print(
         f"""
