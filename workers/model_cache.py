@@ -7,6 +7,12 @@ when the total exceeds the device's budget, the least recently used other models
 A batch still running on a dropped model keeps it alive until it ends. A model seen before
 makes room before it loads again (its size is remembered); one that runs out of memory while
 loading makes room by dropping every other model on its device, then tries once more.
+
+Models load one at a time (two at once would need both in memory before either fits), but a
+load holds only the load lock, not the lock on what is held: a model already loaded is served
+at once while another loads, so one model's cold start does not stall the rest. Two callers
+asking for the same missing model load it once: the second waits for the first's load and
+takes its result (or, if that load failed, tries itself).
 """
 
 import gc
@@ -73,35 +79,47 @@ class ModelCache:
         self._models: OrderedDict[Hashable, CachedModel] = OrderedDict()
         self._sizes: dict[Hashable, int] = {}  # of every model loaded once, evicted or not
         self._devices: set[str] = set()
-        self._lock = threading.RLock()  # keys() may be asked from inside a load
+        self._lock = threading.Lock()  # what is held; never held while a model loads
+        self._load_lock = threading.Lock()  # one load at a time
 
     def get(
         self, key: Hashable, device: str, load: Callable[[], CachedModel]
     ) -> tuple[CachedModel, bool]:
         """The model under `key`, loading it onto `device` if absent; True when this call
-        loaded it. Loads one at a time: two at once would need both in memory before either
-        fits (so a load also holds up batches of models already loaded: seconds, once)."""
-        with self._lock:
-            cached = self._models.get(key)
-            if cached is not None:
-                self._models.move_to_end(key)
-                return cached, False
-            self._make_room(device, self._sizes.get(key, 0))
+        loaded it. A model already loaded is returned without waiting for any load. Loads
+        are one at a time: two at once would need both in memory before either fits, so a
+        missing model waits for the load in progress (which, for the same key, serves it)."""
+        cached = self._hit(key)
+        if cached is not None:
+            return cached, False
+        with self._load_lock:
+            with self._lock:
+                cached = self._hit_locked(key)  # loaded by the call this one waited for
+                if cached is not None:
+                    return cached, False
+                evicted = self._make_room(device, self._sizes.get(key, 0))
+            self._free(device, evicted)
             try:
                 cached = load()
             except Exception as exc:
-                if not is_out_of_memory(exc) or not self._on(device):
+                with self._lock:
+                    others = self._on(device)
+                if not is_out_of_memory(exc) or not others:
                     raise
                 log.warning(
                     "out of memory loading %s; dropping the other models on %s", key, device
                 )
-                self._make_room(device, self._budget_bytes(device))
+                with self._lock:
+                    evicted = self._make_room(device, self._budget_bytes(device))
+                self._free(device, evicted)
                 cached = load()
-            self._models[key] = cached
-            self._sizes[key] = cached.size_bytes
-            self._devices.add(device)
-            self._make_room(device, 0, keep=key)
-            self._observe()
+            with self._lock:
+                self._models[key] = cached
+                self._sizes[key] = cached.size_bytes
+                self._devices.add(device)
+                evicted = self._make_room(device, 0, keep=key)
+                self._observe()
+            self._free(device, evicted)
             return cached, True
 
     def keys(self) -> list[Hashable]:
@@ -109,13 +127,24 @@ class ModelCache:
         with self._lock:
             return list(self._models)
 
+    def _hit(self, key: Hashable) -> CachedModel | None:
+        with self._lock:
+            return self._hit_locked(key)
+
+    def _hit_locked(self, key: Hashable) -> CachedModel | None:
+        """The model under `key`, now the most recently used; None when it is not held."""
+        cached = self._models.get(key)
+        if cached is not None:
+            self._models.move_to_end(key)
+        return cached
+
     def _on(self, device: str) -> list[Hashable]:
         """Keys of the models held on `device`, least recently used first."""
         return [key for key, model in self._models.items() if model.device == device]
 
-    def _make_room(self, device: str, needed: int, keep: Hashable = None) -> None:
+    def _make_room(self, device: str, needed: int, keep: Hashable = None) -> bool:
         """Drop the least recently used models on `device` (but `keep`) until `needed` more
-        bytes fit in its budget."""
+        bytes fit in its budget; True when any was dropped (then `_free`, outside the lock)."""
         budget = self._budget_bytes(device) - needed
         on_device = self._on(device)
         total = sum(self._models[key].size_bytes for key in on_device)
@@ -137,6 +166,11 @@ class ModelCache:
             log.warning(
                 "%s holds %.0f MB, over its budget of %.0f MB", device, total / 1e6, budget / 1e6
             )
+        return evicted
+
+    @staticmethod
+    def _free(device: str, evicted: bool) -> None:
+        """Return the memory of dropped models (slow: done outside the lock on what is held)."""
         if evicted:
             gc.collect()
             torch = sys.modules.get("torch")

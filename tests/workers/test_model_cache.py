@@ -1,5 +1,7 @@
 """The per-process model cache: least recently used out, within the device's budget."""
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,12 @@ def test_the_least_recently_used_model_goes_when_the_budget_is_exceeded() -> Non
     cache = ModelCache(lambda device: 100)
     loads: list[str] = []
 
+    def load(key: str, size: int) -> CachedModel:
+        loads.append(key)
+        return fake(size)
+
     def get(key: str, size: int) -> bool:
-        return cache.get(key, "cpu", lambda: loads.append(key) or fake(size))[1]
+        return cache.get(key, "cpu", lambda: load(key, size))[1]
 
     assert get("a", 40) and get("b", 40)
     assert not get("a", 40)  # a is now the most recently used
@@ -80,6 +86,90 @@ def test_out_of_memory_while_loading_drops_the_others_and_tries_again() -> None:
     with pytest.raises(ValueError):  # other failures are not memory: no second try
         cache.get("c", "cuda", lambda: (_ for _ in ()).throw(ValueError("broken")))
     assert cache.keys() == ["cpu", "b"]
+
+
+class HeldLoad:
+    """A load that starts, then waits for `release`: a slow cold start, held open."""
+
+    def __init__(self, size: int = 10) -> None:
+        self.size = size
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self) -> CachedModel:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(10), "the held load was never released"
+        return fake(self.size)
+
+
+def in_thread(
+    call: Callable[[], tuple[CachedModel, bool]],
+) -> tuple[threading.Thread, list[tuple[CachedModel, bool]]]:
+    """`call` started on a thread of its own, and the list its answer goes in."""
+    result: list[tuple[CachedModel, bool]] = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_a_loaded_model_is_served_while_another_loads() -> None:
+    cache = ModelCache(lambda device: 1000)
+    a, _ = cache.get("a", "cpu", lambda: fake(10))
+    slow = HeldLoad()
+    loading, loaded = in_thread(lambda: cache.get("b", "cpu", slow))
+    try:
+        assert slow.started.wait(5)
+        asking, answer = in_thread(lambda: cache.get("a", "cpu", lambda: fake(10)))
+        asking.join(2)
+        assert answer == [(a, False)]  # not held up by b's load
+        assert cache.keys() == ["a"]  # b is not held until it has loaded
+    finally:
+        slow.release.set()
+    loading.join(5)
+    assert loaded[0][1] and cache.keys() == ["a", "b"]
+
+
+def test_two_calls_for_the_same_missing_model_load_it_once() -> None:
+    cache = ModelCache(lambda device: 1000)
+    slow = HeldLoad()
+    first, first_got = in_thread(lambda: cache.get("a", "cpu", slow))
+    try:
+        assert slow.started.wait(5)
+        second, second_got = in_thread(lambda: cache.get("a", "cpu", slow))
+        second.join(0.2)
+        assert second.is_alive()  # waiting for the first call's load, not loading its own
+    finally:
+        slow.release.set()
+    first.join(5)
+    second.join(5)
+    assert slow.calls == 1
+    (model, loaded), (again, loaded_again) = first_got[0], second_got[0]
+    assert again is model and loaded and not loaded_again
+
+
+def test_a_missing_model_waits_for_the_load_in_progress() -> None:
+    """Loads are one at a time: two at once would need both in memory before either fits."""
+    cache = ModelCache(lambda device: 1000)
+    slow = HeldLoad()
+    held_at_load: list[list[object]] = []
+
+    def load_c() -> CachedModel:
+        held_at_load.append(cache.keys())
+        return fake(10)
+
+    loading, _ = in_thread(lambda: cache.get("b", "cpu", slow))
+    try:
+        assert slow.started.wait(5)
+        waiting, _ = in_thread(lambda: cache.get("c", "cpu", load_c))
+        waiting.join(0.2)
+        assert waiting.is_alive() and held_at_load == []
+    finally:
+        slow.release.set()
+    loading.join(5)
+    waiting.join(5)
+    assert held_at_load == [["b"]] and cache.keys() == ["b", "c"]
 
 
 def test_tensor_bytes_counts_parameters_and_buffers_once() -> None:
