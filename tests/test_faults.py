@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from redis import Redis
 
 from db.ids import new_id
 from scripts.local_stack import start_postgres, start_redis
@@ -61,6 +62,7 @@ class FaultStack:
     redis: subprocess.Popen[bytes] | None = None
     api: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: dict[int, Path] = field(default_factory=dict)  # pid -> log of every worker started
     base_url: str = ""
 
     @property
@@ -71,6 +73,9 @@ class FaultStack:
         with psycopg.connect(self.sql_url, autocommit=True) as conn:
             cursor = conn.execute(query)
             return cursor.fetchall() if cursor.description else []
+
+    def redis_client(self) -> Redis:
+        return Redis.from_url(self.env["REDIS_URL"])
 
     def start_redis(self) -> None:
         self.env["REDIS_URL"], self.redis = start_redis(self.state, self.redis_port)
@@ -93,19 +98,28 @@ class FaultStack:
 
         PostgresServer._instances[(self.state / "pgdata").resolve()].ensure_postgres_running()
 
-    def start_worker(self, queue: str = "predictions.cpu") -> subprocess.Popen[bytes]:
-        n = len(self.workers)
+    def start_worker(self, queue: str = "predictions.cpu", **env: str) -> subprocess.Popen[bytes]:
+        n = len(self.logs)
+        log = self.state / f"worker{n}.log"
         worker = start(
             ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queue,
              "-n", f"fault{n}@%h", "--loglevel", "INFO"],
-            self.env, self.state / f"worker{n}.log",
+            self.env | env, log,
         )  # fmt: skip
         self.workers.append(worker)
+        self.logs[worker.pid] = log
         return worker
 
     def kill_worker(self, worker: subprocess.Popen[bytes]) -> None:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
+        self.workers.remove(worker)
+
+    def replace_workers(self, **env: str) -> subprocess.Popen[bytes]:
+        """Kill every worker; start one prediction worker (with `env` on top of the stack's)."""
+        for worker in list(self.workers):
+            self.kill_worker(worker)
+        return self.start_worker(**env)
 
 
 @pytest.fixture(scope="module")
@@ -266,10 +280,7 @@ def test_sigkill_mid_batch_of_20_all_succeed_after_a_new_worker_starts(
     ids = create_many(client, version, prompts(20, 24))
     wait_all_processing(stack, ids)
     time.sleep(1)
-    for worker in list(stack.workers):
-        stack.kill_worker(worker)
-        stack.workers.remove(worker)
-    stack.start_worker()
+    stack.replace_workers()
     assert set(wait_terminal(stack, ids, 400).values()) == {"succeeded"}
     assert attempts(stack, ids) == {2}
     assert_history_clean(stack, ids)
@@ -291,9 +302,11 @@ def test_redis_restarted_while_a_batch_runs_every_prediction_ends_once(
     assert_history_clean(stack, ids + later)
 
 
-def test_postgres_down_while_the_worker_writes_every_prediction_ends_once(
+def test_postgres_down_while_the_worker_writes_waits_for_it_and_runs_nothing_twice(
     stack: FaultStack, client: httpx.Client
 ) -> None:
+    # A lease long enough to outlast the outage (the stack's 3 s would not outlast a restart).
+    worker = stack.replace_workers(QUERN_WORKER_LEASE_S="60")
     version = create_version(stack, "smollm2-135m-instruct", 8, 2000)
     ids = create_many(client, version, prompts(8, 16))
     wait_all_processing(stack, ids)
@@ -303,13 +316,73 @@ def test_postgres_down_while_the_worker_writes_every_prediction_ends_once(
         response = client.get(f"/v1/predictions/{ids[0]}")
         assert response.status_code == 503 and "Retry-After" in response.headers
         assert time.monotonic() - started < 15  # an answer, not a hang
-        log = stack.state / f"worker{len(stack.workers) - 1}.log"
-        wait_until(lambda: "retry: Retry in" in log.read_text(), 300, "the batch's write to fail")
+        log = stack.logs[worker.pid]
+        wait_until(lambda: "could not record a batch" in log.read_text(), 300, "a failed write")
     finally:
         stack.start_postgres()
-    assert set(wait_terminal(stack, ids, 400).values()) == {"succeeded"}
-    assert attempts(stack, ids) == {2}  # the lost write was redone, once
+    back = time.monotonic()
+    assert set(wait_terminal(stack, ids, 120).values()) == {"succeeded"}
+    assert time.monotonic() - back < 30  # recorded once the database is back, not after a lease
+    assert attempts(stack, ids) == {1}  # the worker waited for the database: nothing ran twice
     assert_history_clean(stack, ids)
+    stack.replace_workers()
+
+
+def test_sigkill_of_a_worker_holding_unstarted_predictions_runs_them_within_a_lease(
+    stack: FaultStack, client: httpx.Client
+) -> None:
+    version = create_version(stack, "smollm2-135m-instruct", 2, 0)
+    ids = create_many(client, version, prompts(12, 24))  # 6 batches: most wait in the worker
+    wait_until(lambda: "processing" in statuses(stack, ids).values(), 180, "the first batch")
+    time.sleep(1)
+    waiting = [id for id, status in statuses(stack, ids).items() if status == "starting"]
+    assert len(waiting) >= 4  # received (all 12 messages are in the worker), not started
+    killed_at = time.monotonic()
+    stack.replace_workers()
+    # Before: stuck `starting` for the requeue interval (900 s), their messages unacknowledged.
+    assert set(wait_terminal(stack, ids, 240).values()) == {"succeeded"}
+    print(f"all 12 done {time.monotonic() - killed_at:.1f}s after the kill (lease: 3 s)")
+    assert attempts(stack, waiting) == {1}  # not started before the kill: no attempt spent
+    assert_history_clean(stack, ids)
+
+
+def sse_outputs(client: httpx.Client, prediction_id: str) -> list[str]:
+    """The `output` data of the prediction's whole stream, read through the API."""
+    outputs, event = [], ""
+    with client.stream("GET", f"/v1/predictions/{prediction_id}/stream") as response:
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "output":
+                outputs.append(line.removeprefix("data: "))
+    return outputs
+
+
+def test_a_worker_paused_past_its_lease_adds_nothing_to_what_is_recorded_or_streamed(
+    stack: FaultStack, client: httpx.Client
+) -> None:
+    paused = stack.replace_workers()
+    version = create_version(stack, "smollm2-135m-instruct", 1, 0)
+    (prediction_id,) = create_many(client, version, prompts(1, 160))
+    events = stack.redis_client()
+    key = f"quern:events:{prediction_id}"
+    wait_until(lambda: events.xlen(key) >= 5, 180, "the first tokens")
+    os.killpg(paused.pid, signal.SIGSTOP)
+    try:
+        stack.start_worker()  # its sweeper finds the lease run out; it runs attempt 2
+        wait_until(lambda: attempts(stack, [prediction_id]) == {2}, 120, "attempt 2")
+        wait_until(lambda: events.xlen(key) >= 20, 180, "attempt 2's tokens")
+    finally:
+        os.killpg(paused.pid, signal.SIGCONT)  # wakes mid-generation, its claim long gone
+    assert wait_terminal(stack, [prediction_id], 300) == {prediction_id: "succeeded"}
+    time.sleep(2)  # time for the woken worker to add whatever it still would
+    query = f"SELECT output #>> '{{}}' FROM predictions WHERE id = '{prediction_id}'"  # noqa: S608
+    (output,) = stack.sql(query)[0]
+    assert "".join(sse_outputs(client, prediction_id)) == output
+    log = stack.logs[paused.pid].read_text()
+    assert "no longer owns it" in log or "taken over or finished" in log
+    assert_history_clean(stack, [prediction_id])
+    stack.replace_workers()
 
 
 def test_cancel_during_generation_stops_it_and_keeps_its_logs(
@@ -346,7 +419,6 @@ def test_a_webhooks_worker_killed_mid_delivery_loses_no_completed_event(
         prediction_id = client.post("/v1/predictions", json=body).json()["id"]
         (first,) = receiver.wait_for("/hook", 1, 180)  # the receiver holds the first attempt
         stack.kill_worker(hooks)
-        stack.workers.remove(hooks)
         killed_at = time.monotonic()
         stack.start_worker("webhooks")
         second = receiver.wait_for("/hook", 2, 60)[1]

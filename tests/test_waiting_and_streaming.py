@@ -12,9 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import text
 
 from db.session import session_scope
+from tests.conftest import WORKER_REDIS_URL
 from tests.helpers import create_version, register_and_login
 from tests.live import LiveStack
 from tests.processes import wait_for_prediction
@@ -143,6 +145,75 @@ def test_streams_and_waits_of_a_canceled_prediction_end(live: LiveStack) -> None
     last = events[-1]
     assert (last["event"], last["data"]) == ("done", json.dumps({"status": "canceled"}))
     assert all(event.get("id") for event in events)  # Replicate's client drops id-less ones
+
+
+def parked_prediction(live: LiveStack) -> str:
+    """A prediction of a `gpu` version (no worker here takes it), whose row and event stream
+    the test then writes as workers would."""
+    version = create_version(max_batch_size=1, max_batch_wait_ms=0)
+    with session_scope() as session:
+        session.execute(
+            text("UPDATE model_versions SET hardware = 'gpu' WHERE id = :id"), {"id": version}
+        )
+    body = {"version": version, "input": {"text": "parked"}}
+    return str(live.client.post("/v1/predictions", json=body, headers=live.headers).json()["id"])
+
+
+def set_row(prediction_id: str, **values: Any) -> None:
+    assignments = ", ".join(f"{name} = :{name}" for name in values)
+    with session_scope() as session:
+        session.execute(
+            text(f"UPDATE predictions SET {assignments} WHERE id = :id"),  # noqa: S608
+            {"id": prediction_id, **values},
+        )
+
+
+def add_entries(prediction_id: str, *entries: tuple[int, str]) -> None:
+    """Output entries (attempt, text) as a worker publishes them."""
+    client = redis.Redis.from_url(WORKER_REDIS_URL)
+    for attempt, chunk in entries:
+        fields = {"event": "output", "data": json.dumps(chunk), "attempt": attempt}
+        client.xadd(f"quern:events:{prediction_id}", fields)  # type: ignore[arg-type]
+    client.close()
+
+
+def test_a_stream_read_after_a_retry_shows_only_the_recorded_attempt(live: LiveStack) -> None:
+    prediction_id = parked_prediction(live)
+    add_entries(prediction_id, (1, "first "), (1, "tr"), (2, "second "), (2, "try"))
+    add_entries(prediction_id, (1, "y, late"))  # a paused worker that lost its claim, woken
+    set_row(prediction_id, status="succeeded", attempts=2, output='"second try"')
+    url = f"/v1/predictions/{prediction_id}/stream"
+
+    events = read_events(live, url)
+    outputs = [e for e in events if e["event"] == "output"]
+    assert [e["data"] for e in outputs] == ["second ", "try"]
+    assert [e["event"] for e in events][-1] == "done"
+    resumed = read_events(live, url, {"Last-Event-ID": outputs[0]["id"]})
+    assert [e["data"] for e in resumed if e["event"] == "output"] == ["try"]
+
+
+def test_a_client_mid_stream_when_its_attempt_is_superseded_is_told_and_the_stream_ends(
+    live: LiveStack,
+) -> None:
+    prediction_id = parked_prediction(live)
+    set_row(prediction_id, status="processing", attempts=1)
+    add_entries(prediction_id, (1, "first "))
+    url = f"{live.base_url}/v1/predictions/{prediction_id}/stream"
+    seen: list[str] = []
+    with httpx.stream("GET", url, headers=live.headers, timeout=30) as response:
+        lines = response.iter_lines()
+        for line in lines:
+            seen.append(line)
+            if line == "data: first ":
+                break
+        # The worker died; the sweeper requeued it and another worker runs attempt 2.
+        set_row(prediction_id, status="starting")
+        set_row(prediction_id, status="processing", attempts=2)
+        add_entries(prediction_id, (2, "second"))
+        seen.extend(lines)
+    assert "event: error" in seen and "data: second" not in seen
+    assert any("Attempt 1 was interrupted" in line for line in seen)
+    assert "event: done" not in seen
 
 
 def _process_status(pid: int) -> dict[str, int]:

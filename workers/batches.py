@@ -53,7 +53,9 @@ def predict_isolating(
         streamed.update(chunks)
         runtime.webhook_progress.output_chunks({claims[i].id: chunks[i] for i in chunks})
         sending = [i for i in chunks if i not in cut]
-        published = [(claims[i].id, "output", json.dumps(chunks[i])) for i in sending]
+        published = [
+            (claims[i].id, claims[i].attempts, "output", json.dumps(chunks[i])) for i in sending
+        ]
         if not runtime.events.publish_many(published):
             cut.update(sending)
 

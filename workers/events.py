@@ -2,8 +2,10 @@
 
 The API serves `quern:events:<prediction_id>` as Server-Sent Events and, once PostgreSQL says
 the prediction is terminal, drains the stream and ends it; so every entry of an attempt must
-be added before its terminal status commits. An entry has two fields: `event` ("output" or
-"logs") and `data` (the value as JSON). Streams expire a day after their last entry.
+be added before its terminal status commits. An entry has three fields: `event` ("output" or
+"logs"), `data` (the value as JSON) and `attempt` (the attempt that made it: the API shows only
+the entries of one attempt, so a retry, or a worker that lost its claim, never mixes in).
+Streams expire a day after their last entry.
 
 Best effort: PostgreSQL holds the truth, and a prediction never fails for want of Redis. While
 Redis is unreachable, entries are dropped with a warning at most once a minute, and after each
@@ -29,7 +31,8 @@ TIMEOUT_S = 0.5
 PAUSE_AFTER_FAILURE_S = 1.0
 WARN_EVERY_S = 60.0
 
-Event = tuple[str, str, str]  # (prediction id, "output" or "logs", the value as JSON)
+# (prediction id, attempt, "output" or "logs", the value as JSON)
+Event = tuple[str, int, str, str]
 
 
 def key(prediction_id: str) -> str:
@@ -59,10 +62,10 @@ class EventPublisher:
         if not events:
             return True
         pipe = self._client.pipeline(transaction=False)
-        for prediction_id, event, data in events:
-            fields = {"event": event, "data": data}
+        for prediction_id, attempt, event, data in events:
+            fields = {"event": event, "data": data, "attempt": attempt}
             pipe.xadd(key(prediction_id), fields, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
-        for prediction_id in {prediction_id for prediction_id, _, _ in events}:
+        for prediction_id in {prediction_id for prediction_id, *_ in events}:
             pipe.expire(key(prediction_id), TTL_S)
         try:
             pipe.execute()

@@ -4,16 +4,20 @@ events, one transaction.
 Only the attempt that claimed a prediction may record it (the UPDATE is fenced by attempt
 number), and a prediction canceled meanwhile keeps `canceled` and gets its logs. Events go out
 before the commit: the API ends a prediction's event stream once it sees the final status,
-so the stream must already hold everything by then.
+so the stream must already hold everything by then. While PostgreSQL is unreachable the
+recorder keeps trying for up to a lease: the batch's leases stay held (the heartbeat renews
+them once it is back), so a short outage costs a wait, not a second run.
 """
 
 import json
 import logging
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from db.repositories import predictions
@@ -21,6 +25,7 @@ from db.repositories.predictions import Claim, Fate
 from db.session import session_scope
 from db.tables import PredictionStatus
 from workers import events, files, metrics
+from workers.leases import CANCELED, LOST
 
 if TYPE_CHECKING:  # the runtime runs batches, which hand their outcomes here
     from workers.runtime import WorkerRuntime
@@ -45,7 +50,35 @@ def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
     return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
 
 
+RETRY_FIRST_S = 0.5
+RETRY_MOST_S = 5.0
+
+
 def record(
+    runtime: "WorkerRuntime",
+    claims: list[Claim],
+    outcomes: list[Outcome],
+    notes: list[str],
+    model: str,
+) -> None:
+    """`record_once`, again and again while the database is unreachable, for up to a lease."""
+    give_up_at = time.monotonic() + runtime.settings.lease_s
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            return record_once(runtime, claims, outcomes, notes, model)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > give_up_at:
+                raise
+            log.warning(
+                "could not record a batch of %d (database unreachable: %s); retrying in %.1fs",
+                len(claims), type(exc.orig).__name__, delay,
+            )  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MOST_S)
+
+
+def record_once(
     runtime: "WorkerRuntime",
     claims: list[Claim],
     outcomes: list[Outcome],
@@ -65,7 +98,8 @@ def record(
                 continue
             if applied[fate.id] and output_event is not None:
                 published.append(output_event)
-            published.append((fate.id, "logs", json.dumps(fate.logs[:-1])))  # lines, not ended
+            logs = json.dumps(fate.logs[:-1])  # lines, not ended
+            published.append((fate.id, fate.attempts, "logs", logs))
         runtime.events.publish_many(published)
         runtime.webhook_progress.record(session, published)
     runtime.webhook_progress.forget(claim.id for claim in claims)
@@ -101,9 +135,11 @@ def _fate(
         return Fate(claim.id, claim.attempts, status, _lines(logs), **values)
 
     stop = runtime.leases.stop_reason(claim)
-    if stop == "canceled":
+    if stop == CANCELED:
         logs.append("Canceled while running: stopped at the next step")
         return fate(None), None  # the API canceled (and counted) it
+    if stop == LOST:
+        return fate(None), None  # another attempt owns it: the write is fenced out anyway
     if stop is not None:
         logs.append(f"Canceled: {stop}")
         return fate(PredictionStatus.CANCELED, output=output, error=stop), None
@@ -117,7 +153,7 @@ def _fate(
         return fate(PredictionStatus.FAILED, error=error), None
     measured = {"predict_time": round(outcome.predict_time, 6), "batch_size": outcome.batch_size}
     succeeded = fate(PredictionStatus.SUCCEEDED, output=output, metrics=json.dumps(measured))
-    return succeeded, None if outcome.streamed else (claim.id, "output", output)
+    return succeeded, None if outcome.streamed else (claim.id, claim.attempts, "output", output)
 
 
 def _json(value: Any) -> str | None:

@@ -6,12 +6,19 @@ client's `Last-Event-ID` (entry ids are the SSE ids, so a reconnect neither lose
 chunk), follows it live, and, once the status listener says the prediction is terminal, sends
 what is left, then `error` (if it failed) and `done`. A stream opened after the Redis entries
 expired (24 h) replays the stored output as one `output` event.
+
+It shows one attempt: every entry names the attempt that made it, and entries of an attempt
+older than the one running (or recorded) are skipped, so a retry's output never follows the
+lost attempt's, and a worker that lost its claim adds nothing. A client that was shown part of
+an attempt that is then superseded gets an `error` event saying so and the stream ends; opened
+again without `Last-Event-ID`, it follows the new attempt from its start.
 """
 
 import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -53,6 +60,42 @@ def _sse(entry_id: str, fields: dict[bytes, bytes]) -> tuple[ServerSentEvent, An
     return ServerSentEvent(data, event=event, id=entry_id), value if event == "output" else None
 
 
+def live_attempt(prediction: PredictionOut) -> int:
+    """The attempt whose output a stream shows: the one running or recorded, or, while the
+    prediction waits in the queue, the next one."""
+    attempts = prediction.metrics.attempts
+    return attempts + 1 if prediction.status == "starting" else attempts
+
+
+@dataclass
+class OneAttempt:
+    """Which attempt's entries a connection shows, and which it has shown."""
+
+    live: int
+    shown: int | None = None
+
+    def admits(self, attempt: int) -> bool:
+        """Whether an entry of `attempt` (0: an entry that names none) is of the live attempt;
+        one of a newer attempt makes that the live one."""
+        if attempt and attempt < self.live:
+            return False
+        self.live = max(self.live, attempt)
+        return True
+
+    def follow(self, prediction: PredictionOut) -> None:
+        self.live = max(self.live, live_attempt(prediction))
+
+    def superseded(self, cursor: str) -> ServerSentEvent | None:
+        """The closing `error` for a client that was shown part of an attempt now superseded."""
+        if self.shown is None or self.shown >= self.live:
+            return None
+        message = (
+            f"Attempt {self.shown} was interrupted and the prediction is running again; open "
+            f"the stream anew, without Last-Event-ID, to follow attempt {self.live} from its start"
+        )
+        return ServerSentEvent(message, event="error", id=cursor)
+
+
 async def prediction_events(
     prediction: PredictionOut,
     load: Callable[[], PredictionOut],
@@ -65,7 +108,13 @@ async def prediction_events(
     listener = status_listener()
     async with listener.finished(prediction.id) as changed:
         prediction = await run_in_threadpool(load)
+        one = OneAttempt(
+            live_attempt(prediction), await _attempt_of(key, cursor) if resumed else None
+        )
         while True:
+            if ending := one.superseded(cursor):
+                yield ending
+                return
             finished = is_finished(prediction)
             try:
                 read = await _read(key, cursor, None if finished else changed, listener.connected)
@@ -77,6 +126,13 @@ async def prediction_events(
             if finished and not read:
                 break  # everything written before the end has been sent
             for entry_id, fields in read:
+                if not one.admits(int(fields.get(b"attempt", 0))):
+                    cursor = entry_id.decode()
+                    continue
+                if ending := one.superseded(cursor):
+                    yield ending
+                    return
+                one.shown = one.live
                 cursor = entry_id.decode()
                 event, output = _sse(cursor, fields)
                 if output is not None:
@@ -85,8 +141,18 @@ async def prediction_events(
             if changed.is_set() or not listener.connected:
                 changed.clear()
                 prediction = await run_in_threadpool(load)
+                one.follow(prediction)
     for event in _ending(prediction, streamed, resumed, cursor):
         yield event
+
+
+async def _attempt_of(key: str, entry_id: str) -> int | None:
+    """The attempt of the entry a resuming client saw last, if it is still kept."""
+    try:
+        entries: Any = await _redis().xrange(key, entry_id, entry_id, count=1)
+    except RedisError:
+        return None
+    return int(entries[0][1].get(b"attempt", 0)) or None if entries else None
 
 
 async def _read(

@@ -204,15 +204,84 @@ _CLAIM = text("""
 """)
 
 
-def renew_leases(session: Session, *, claims: builtins.list[Claim], lease_s: float) -> None:
-    """Extend the leases of these attempts (and only these: a taken-over one is left alone)."""
+def renew_leases(session: Session, *, claims: builtins.list[Claim], lease_s: float) -> set[str]:
+    """Extend the leases of these attempts (and only these: a taken-over one is left alone).
+    Returns the ids whose row is still on this attempt (running, or canceled or recorded
+    meanwhile): any other claim was taken over, and its worker must stop it."""
+    ids, attempts = [c.id for c in claims], [c.attempts for c in claims]
+    rows = session.execute(_RENEW, {"ids": ids, "attempts": attempts, "lease_s": lease_s})
+    return {id for (id,) in rows}
+
+
+_RENEW = text("""
+    WITH mine AS (
+        SELECT id, status FROM predictions
+        WHERE (id, attempts) IN (
+            SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[])))
+            AND status <> 'starting'
+    ), renewed AS (
+        UPDATE predictions SET lease_expires_at = now() + make_interval(secs => :lease_s)
+        WHERE id IN (SELECT id FROM mine WHERE status = 'processing')
+    )
+    SELECT id FROM mine
+""")
+
+
+def lease_held(session: Session, *, ids: builtins.list[str], lease_s: float) -> None:
+    """Queued predictions a live worker has received but not started (they wait for a batch)
+    get a lease, so the sweeper can tell them from ones whose worker died holding them."""
     session.execute(
         update(Prediction)
-        .where(
-            tuple_(Prediction.id, Prediction.attempts).in_([(c.id, c.attempts) for c in claims]),
-            Prediction.status == PredictionStatus.PROCESSING,
-        )
+        .where(Prediction.id.in_(ids), Prediction.status == PredictionStatus.STARTING)
         .values(lease_expires_at=func.now() + seconds(lease_s))
+    )
+
+
+def release_held_lost(session: Session) -> builtins.list[str]:
+    """Queued predictions whose holder's lease ran out (it died before starting them): to be
+    published again at once. No attempt was spent on them, so none is counted."""
+    return builtins.list(
+        session.execute(
+            update(Prediction)
+            .where(
+                Prediction.status == PredictionStatus.STARTING,
+                Prediction.lease_expires_at < func.now(),
+            )
+            .values(lease_expires_at=None, enqueued_at=None)
+            .returning(Prediction.id)
+        ).scalars()
+    )
+
+
+def release_orphans(
+    session: Session, *, ids: builtins.list[str], older_than_s: float
+) -> builtins.list[str]:
+    """Of `ids` (from messages a worker took from the broker longer than `older_than_s` ago and
+    never acknowledged), the queued ones no live worker holds (no lease) and no message was sent
+    for since: to be published again at once. Returns them."""
+    return builtins.list(
+        session.execute(
+            update(Prediction)
+            .where(
+                Prediction.id.in_(ids),
+                Prediction.status == PredictionStatus.STARTING,
+                Prediction.lease_expires_at.is_(None),
+                Prediction.enqueued_at < func.now() - seconds(older_than_s),
+            )
+            .values(enqueued_at=None)
+            .returning(Prediction.id)
+        ).scalars()
+    )
+
+
+def held(session: Session, *, ids: builtins.list[str]) -> set[str]:
+    """Those of `ids` a live worker holds (their lease has not run out)."""
+    return set(
+        session.scalars(
+            select(Prediction.id).where(
+                Prediction.id.in_(ids), Prediction.lease_expires_at >= func.now()
+            )
+        )
     )
 
 

@@ -55,9 +55,10 @@ def _add(
     prediction_id: str,
     event: WebhookEvent,
     snapshot: ColumnElement[Any],
-    only_while_processing: bool,
+    while_attempt_runs: int | None,
 ) -> str | None:
-    """A delivery of `event` if the prediction's webhook wants it; its id, or None."""
+    """A delivery of `event` if the prediction's webhook wants it (and, given an attempt, only
+    while that attempt runs the prediction); its id, or None."""
     source = select(
         literal(new_id()), Prediction.id, literal(str(event)), Prediction.webhook, snapshot
     ).where(
@@ -65,16 +66,22 @@ def _add(
         Prediction.webhook.is_not(None),
         literal(str(event)) == any_(Prediction.webhook_events_filter),
     )
-    if only_while_processing:
-        source = source.where(Prediction.status == PredictionStatus.PROCESSING)
+    if while_attempt_runs is not None:
+        source = source.where(
+            Prediction.status == PredictionStatus.PROCESSING,
+            Prediction.attempts == while_attempt_runs,
+        )
     columns = ["id", "prediction_id", "event", "url", "snapshot"]
     return session.scalar(
         insert(WebhookDelivery).from_select(columns, source).returning(WebhookDelivery.id)
     )
 
 
-def add_streamed_output(session: Session, *, prediction_id: str, output: Any) -> str | None:
-    """An `output` delivery carrying the output so far, while the prediction still runs."""
+def add_streamed_output(
+    session: Session, *, prediction_id: str, attempt: int, output: Any
+) -> str | None:
+    """An `output` delivery carrying the output so far, while `attempt` still runs the
+    prediction (never from a worker that lost it)."""
     with_output = func.jsonb_build_object("output", bindparam("output", output, type_=JSONB))
     snapshot = _row().op("||", return_type=JSONB)(with_output)
     return _add(
@@ -82,7 +89,7 @@ def add_streamed_output(session: Session, *, prediction_id: str, output: Any) ->
         prediction_id=prediction_id,
         event=WebhookEvent.OUTPUT,
         snapshot=snapshot,
-        only_while_processing=True,
+        while_attempt_runs=attempt,
     )
 
 
@@ -93,7 +100,7 @@ def add_recorded(session: Session, *, prediction_id: str, event: WebhookEvent) -
         prediction_id=prediction_id,
         event=event,
         snapshot=_row(),
-        only_while_processing=False,
+        while_attempt_runs=None,
     )
 
 

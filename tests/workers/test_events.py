@@ -32,10 +32,11 @@ Entries = list[tuple[str, Any]]
 
 
 def stream(prediction_id: str) -> Entries:
-    """(event, decoded data) of every entry, in order; each entry has exactly the two fields."""
+    """(event, decoded data) of every entry, in order; each entry has exactly the three fields,
+    its attempt the first (the only one in these tests)."""
     entries = []
     for _, fields in redis.Redis.from_url(API_REDIS_URL).xrange(events.key(prediction_id)):
-        assert set(fields) == {b"event", b"data"}
+        assert set(fields) == {b"event", b"data", b"attempt"} and fields[b"attempt"] == b"1"
         entries.append((fields[b"event"].decode(), json.loads(fields[b"data"])))
     return entries
 

@@ -7,10 +7,12 @@ ones fail at once; deadlines abort or cancel; a cancel reaches a running model b
 import random
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import func, select
 
 from db.repositories import predictions
@@ -59,6 +61,14 @@ class Stepper(Recording):
 
 
 @pytest.fixture
+def broker(settings: WorkerSettings) -> Iterator[redis.Redis]:
+    """The sweeper's client of the broker (Redis db 14 in tests: nobody consumes there)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def settings() -> WorkerSettings:
     """This test's worker settings (its runtime's too), with retry delays short enough."""
     return get_worker_settings().model_copy(update={"retry_base_s": 0.2, "retry_cap_s": 1.0})
@@ -71,7 +81,7 @@ def wait_out_retry_delay(prediction_id: str) -> None:
 
 
 def test_a_transient_failure_retries_with_backoff_until_it_succeeds(
-    runtime: StandInRuntime, settings: WorkerSettings
+    runtime: StandInRuntime, settings: WorkerSettings, broker: redis.Redis
 ) -> None:
     runtime.use(OutOfMemoryTwice)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
@@ -81,7 +91,9 @@ def test_a_transient_failure_retries_with_backoff_until_it_succeeds(
     assert (first.status, first.attempts, first.enqueued_at) == ("starting", 1, None)
     assert first.next_attempt_at is not None and "Attempt 1 failed" in first.logs
     wait_out_retry_delay(prediction_id)
-    assert sweeper.sweep(app, settings) >= 1  # publishes it again (Redis db 14: nobody consumes)
+    assert (
+        sweeper.sweep(app, settings, broker) >= 1
+    )  # publishes it again (Redis db 14: nobody consumes)
     (second,) = run_together(runtime, version, [prediction_id])
     assert (second.status, second.attempts) == ("starting", 2)
     wait_out_retry_delay(prediction_id)
@@ -147,14 +159,14 @@ def test_cancel_before_start_never_calls_the_model(runtime: StandInRuntime) -> N
 
 
 def test_a_deadline_passed_in_the_queue_aborts_without_running(
-    runtime: StandInRuntime, settings: WorkerSettings
+    runtime: StandInRuntime, settings: WorkerSettings, broker: redis.Redis
 ) -> None:
     predictor = runtime.use(Recording)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     past = datetime.now(UTC) - timedelta(seconds=1)
     late, on_time = create_prediction_row(version, deadline=past), create_prediction_row(version)
     swept = create_prediction_row(version, deadline=past)
-    sweeper.sweep(app, settings)
+    sweeper.sweep(app, settings, broker)
     done = run_together(runtime, version, [late, on_time])
     assert [p.status for p in done] == ["aborted", "succeeded"]
     assert predictor.batches == [["x"]] and "deadline" in (done[0].error or "")
@@ -202,14 +214,14 @@ def test_a_run_over_the_versions_run_timeout_is_canceled(runtime: StandInRuntime
 
 
 def test_a_lost_worker_is_detected_by_its_lease_and_the_prediction_requeued(
-    runtime: StandInRuntime, settings: WorkerSettings
+    runtime: StandInRuntime, settings: WorkerSettings, broker: redis.Redis
 ) -> None:
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version)
     with session_scope() as session:  # a worker claims it, then dies (no heartbeat)
         predictions.claim(session, ids=[prediction_id], lease_s=0.2)
     time.sleep(0.3)
-    sweeper.sweep(app, settings)
+    sweeper.sweep(app, settings, broker)
     lost = load(prediction_id)
     assert (lost.status, lost.attempts, lost.lease_expires_at) == ("starting", 1, None)
     assert "lost with its worker" in lost.logs
@@ -220,24 +232,26 @@ def test_a_lost_worker_is_detected_by_its_lease_and_the_prediction_requeued(
     assert (done.status, done.attempts) == ("succeeded", 2)
 
 
-def test_a_lost_worker_on_the_last_attempt_fails_the_prediction(settings: WorkerSettings) -> None:
+def test_a_lost_worker_on_the_last_attempt_fails_the_prediction(
+    settings: WorkerSettings, broker: redis.Redis
+) -> None:
     settings.max_attempts = 1
     prediction_id = create_prediction_row()
     with session_scope() as session:
         predictions.claim(session, ids=[prediction_id], lease_s=0.1)
     time.sleep(0.2)
-    sweeper.sweep(app, settings)
+    sweeper.sweep(app, settings, broker)
     done = load(prediction_id)
     assert done.status == "failed" and done.error.startswith("Gave up after 1 attempts")
 
 
-def test_only_one_sweeper_sweeps_at_a_time(settings: WorkerSettings) -> None:
+def test_only_one_sweeper_sweeps_at_a_time(settings: WorkerSettings, broker: redis.Redis) -> None:
     prediction_id = create_prediction_row()
     with session_scope() as session:
         predictions.mark_not_enqueued(session, ids=[prediction_id])
     with session_scope() as other_worker:  # another worker's sweep holds the lock
         other_worker.execute(select(func.pg_advisory_xact_lock(sweeper.SWEEP_LOCK)))
-        assert sweeper.sweep(app, settings) == 0
+        assert sweeper.sweep(app, settings, broker) == 0
         assert load(prediction_id).enqueued_at is None
-    assert sweeper.sweep(app, settings) >= 1
+    assert sweeper.sweep(app, settings, broker) >= 1
     assert load(prediction_id).enqueued_at is not None

@@ -114,8 +114,8 @@ def test_the_recorder_publishes_output_and_logs_only_for_what_it_wrote(
     claims[2] = Claim(stale, {}, claims[2].attempts - 1, None, claims[2].owner_id)
     runtime.events = kept = Kept()
     recording.record(runtime, claims, [Outcome(output=[7.0], batch_size=3)] * 3, [], "test/model")
-    assert [(id, event) for id, event, _ in kept.published] == [
-        (written, "output"), (written, "logs"), (canceled, "logs"),
+    assert [(id, attempt, event) for id, attempt, event, _ in kept.published] == [
+        (written, 1, "output"), (written, 1, "logs"), (canceled, 1, "logs"),
     ]  # fmt: skip
-    assert json.loads(kept.published[0][2]) == [7.0] and load(written).output == [7.0]
+    assert json.loads(kept.published[0][3]) == [7.0] and load(written).output == [7.0]
     assert load(canceled).status == "canceled" and load(stale).status == "processing"

@@ -37,6 +37,7 @@ class ProgressThrottle:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wanted: dict[str, frozenset[str]] = {}  # prediction id -> wanted of output, logs
+        self._attempts: dict[str, int] = {}  # prediction id -> the attempt watched
         self._chunks: dict[str, list[Any]] = {}  # prediction id -> streamed chunks so far
         self._sent_at: dict[tuple[str, str], float] = {}  # (prediction id, event) -> monotonic
         # One thread, so a prediction's output events are written in the order they were made.
@@ -51,11 +52,15 @@ class ProgressThrottle:
         wanted = {claim.id: claim.webhook_events & PROGRESS for claim in claims}
         with self._lock:
             self._wanted.update({id: events for id, events in wanted.items() if events})
+            self._attempts.update(
+                {claim.id: claim.attempts for claim in claims if wanted[claim.id]}
+            )
 
     def forget(self, prediction_ids: Iterable[str]) -> None:
         with self._lock:
             for prediction_id in prediction_ids:
                 self._wanted.pop(prediction_id, None)
+                self._attempts.pop(prediction_id, None)
                 self._chunks.pop(prediction_id, None)
                 for event in webhook_deliveries.PROGRESS_EVENTS:
                     self._sent_at.pop((prediction_id, event), None)
@@ -71,8 +76,9 @@ class ProgressThrottle:
         return True
 
     def output_chunks(self, chunks: Mapping[str, Any]) -> None:
-        """New chunks (prediction id -> chunk) from the running model. Never blocks it."""
-        due: list[tuple[str, Any]] = []
+        """New chunks (prediction id -> chunk) from the running model. Never blocks it. The
+        event is written only while the attempt watched still runs the prediction."""
+        due: list[tuple[str, int, Any]] = []
         with self._lock:
             for prediction_id, chunk in chunks.items():
                 if WebhookEvent.OUTPUT not in self._wanted.get(prediction_id, ()):
@@ -81,16 +87,18 @@ class ProgressThrottle:
                 so_far.append(chunk)
                 if self._due(prediction_id, WebhookEvent.OUTPUT):
                     text = all(isinstance(part, str) for part in so_far)
-                    due.append((prediction_id, "".join(so_far) if text else list(so_far)))
-        for prediction_id, output in due:
-            self._writer.submit(_add_output, prediction_id, output)
+                    output = "".join(so_far) if text else list(so_far)
+                    due.append((prediction_id, self._attempts[prediction_id], output))
+        for prediction_id, attempt, output in due:
+            self._writer.submit(_add_output, prediction_id, attempt, output)
 
-    def record(self, session: Session, events: Iterable[tuple[str, str, Any]]) -> None:
-        """In the transaction recording these events (prediction id, "output" or "logs", value)."""
+    def record(self, session: Session, events: Iterable[tuple[str, int, str, Any]]) -> None:
+        """In the transaction recording these events (prediction id, attempt, "output" or
+        "logs", value)."""
         if not self._wanted:  # no webhook of this process wants progress events: nothing to lock
             return
         with self._lock:
-            due = [(p, WebhookEvent(e)) for p, e, _ in events if self._due(p, e)]
+            due = [(p, WebhookEvent(e)) for p, _, e, _ in events if self._due(p, e)]
         for prediction_id, event in due:
             webhook_deliveries.add_recorded(session, prediction_id=prediction_id, event=event)
 
@@ -98,11 +106,11 @@ class ProgressThrottle:
         self._writer.shutdown()
 
 
-def _add_output(prediction_id: str, output: Any) -> None:
+def _add_output(prediction_id: str, attempt: int, output: Any) -> None:
     try:
         with session_scope() as session:
             webhook_deliveries.add_streamed_output(
-                session, prediction_id=prediction_id, output=output
+                session, prediction_id=prediction_id, attempt=attempt, output=output
             )
     except Exception:  # a lost progress event is not worth failing anything for
         log.warning("could not write an output webhook for %s", prediction_id, exc_info=True)
