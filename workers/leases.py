@@ -49,8 +49,12 @@ class Leases:
 
     def release(self, ids: Iterable[str]) -> None:
         with self._lock:
-            self._held.subtract(ids)
-            self._held = +self._held  # drop the zeros
+            for id in ids:
+                left = self._held[id] - 1
+                if left > 0:
+                    self._held[id] = left
+                else:
+                    del self._held[id]
 
     def add(self, claims: list[Claim], run_timeout_s: float) -> None:
         until = time.monotonic() + run_timeout_s
