@@ -7,6 +7,7 @@ prediction it created is terminal.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -383,6 +384,22 @@ def test_a_worker_paused_past_its_lease_adds_nothing_to_what_is_recorded_or_stre
     assert "no longer owns it" in log or "taken over or finished" in log
     assert_history_clean(stack, [prediction_id])
     stack.replace_workers()
+
+
+def test_redis_restarted_empty_with_predictions_queued_they_run_at_once(
+    stack: FaultStack, client: httpx.Client
+) -> None:
+    version = create_version(stack, "all-minilm-l6-v2", 8, 10)
+    for worker in list(stack.workers):
+        stack.kill_worker(worker)  # nobody takes the messages: they wait in Redis
+    ids = create_many(client, version, embeddings(10))
+    stack.stop_redis()
+    shutil.rmtree(stack.state / "redis")  # its append-only file: it comes back empty
+    stack.start_redis()
+    stack.start_worker()
+    # Before: `starting` until the requeue interval (900 s) presumed each message lost.
+    assert set(wait_terminal(stack, ids, 120).values()) == {"succeeded"}
+    assert_history_clean(stack, ids)
 
 
 def test_cancel_during_generation_stops_it_and_keeps_its_logs(

@@ -6,8 +6,8 @@ releases the queued ones a dead worker had received but not started (their lease
 its message was never acknowledged and they never got one: workers/orphans.py); aborts queued
 ones past their deadline, forgets idempotency keys older than 24 h, and publishes a message for
 the queued predictions that have none (Redis was down at create time, a retry delay is over,
-a worker died holding them, or the message was lost): one per version, up to
-MAX_IDS_PER_MESSAGE ids each.
+a worker died holding them, Redis lost its data (workers/broker_memory.py), or the message
+was lost): one per version, up to MAX_IDS_PER_MESSAGE ids each.
 """
 
 import contextlib
@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from db.repositories import idempotency_keys, predictions
 from db.session import session_scope
-from workers import orphans
+from workers import broker_memory, orphans
 from workers.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
 from workers.settings import WorkerSettings
 
@@ -39,6 +39,7 @@ def sweep(app: Celery, settings: WorkerSettings, broker: redis.Redis) -> int:
         delivered = []  # the broker is down: nothing can be published either, for now
     in_messages = [id for message in delivered for id in message.prediction_ids]
     held: set[str] = set()
+    broker_lost = broker_memory.lost(broker, "predictions")
     with session_scope() as session:
         if not session.scalar(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK))):
             return 0  # another worker is sweeping
@@ -54,9 +55,14 @@ def sweep(app: Celery, settings: WorkerSettings, broker: redis.Redis) -> int:
                 session, ids=in_messages, older_than_s=settings.lease_s
             )
             held = predictions.held(session, ids=in_messages)
+        if broker_lost:  # every queued prediction's message may be gone
+            resent = predictions.forget_enqueued(session)
+            log.warning("sweeper: Redis lost its messages; sending %d queued again", resent)
         aborted = predictions.abort_expired(session)
         idempotency_keys.delete_expired(session)
         due = predictions.take_due(session, requeue_after_s=settings.requeue_after_s, limit=BATCH)
+    if broker_lost:
+        broker_memory.kept(broker, "predictions")
     if lost or orphaned or aborted:
         log.info(
             "sweeper: %d lost with their worker, %d received by a worker that died before "

@@ -237,6 +237,16 @@ def lease_held(session: Session, *, ids: builtins.list[str], lease_s: float) -> 
     )
 
 
+def forget_enqueued(session: Session) -> int:
+    """Redis lost its messages: every queued prediction is to be published again."""
+    result = session.execute(
+        update(Prediction)
+        .where(Prediction.status == PredictionStatus.STARTING, Prediction.enqueued_at.is_not(None))
+        .values(enqueued_at=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def release_held_lost(session: Session) -> builtins.list[str]:
     """Queued predictions whose holder's lease ran out (it died before starting them): to be
     published again at once. No attempt was spent on them, so none is counted."""

@@ -5,6 +5,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import redis
 from sqlalchemy import func, select
 
 from db.prediction_object import from_snapshot, prediction_object, to_json
@@ -187,7 +188,8 @@ def test_a_lost_attempt_counts_and_waits_out_the_usual_backoff() -> None:
             claim = webhook_deliveries.claim(session, id=delivery.id, lease_s=0.05)
             assert claim is not None and claim.attempt == number
         time.sleep(0.1)
-        dispatcher.recover(settings)
+        with redis.Redis.from_url(settings.redis_url) as broker:
+            dispatcher.recover(settings, broker)
 
     lose_an_attempt(1)
     with session_scope() as session:

@@ -18,7 +18,7 @@ from db.session import session_scope
 from tests.helpers import create_prediction_row
 from tests.processes import ROOT
 from tests.workers.stubs import load
-from workers import orphans, sweeper
+from workers import broker_memory, orphans, sweeper
 from workers.celery_app import app
 from workers.contract import RUN_PREDICTION_TASK
 from workers.settings import WorkerSettings
@@ -118,3 +118,17 @@ def test_a_held_prediction_whose_lease_ran_out_is_sent_again(
     again = load(prediction_id)
     assert (again.status, again.attempts, again.lease_expires_at) == ("starting", 0, None)
     assert again.enqueued_at > before
+
+
+def test_when_redis_lost_its_messages_every_queued_prediction_is_sent_again(
+    settings: WorkerSettings, broker: redis.Redis
+) -> None:
+    queued = create_prediction_row()
+    sweeper.sweep(app, settings, broker)  # sets the marker, if this Redis had none
+    sent_at = load(queued).enqueued_at
+    sweeper.sweep(app, settings, broker)
+    assert load(queued).enqueued_at == sent_at  # its message is presumed in Redis
+    broker.delete(f"{broker_memory.KEY_PREFIX}predictions")  # as a restart without persistence
+    sweeper.sweep(app, settings, broker)
+    assert load(queued).enqueued_at > sent_at  # sent again at once, not after 900 s
+    assert not broker_memory.lost(broker, "predictions")

@@ -5,8 +5,9 @@ It runs in every webhooks worker. It wakes when a delivery is written or set to 
 them), when the next retry is due (so retries keep to their schedule), and at least every
 `webhook_dispatch_interval_s`; then it publishes a message for each due delivery that has
 none. Every interval it also takes back deliveries whose worker died mid-attempt (their lease
-lapsed) and those whose message seems lost. Several dispatchers are safe together: a delivery
-is marked as published under SKIP LOCKED.
+lapsed) and those whose message seems lost, or all of those waiting if Redis lost its data
+(workers/broker_memory.py). Several dispatchers are safe together: a delivery is marked as
+published under SKIP LOCKED.
 """
 
 import logging
@@ -14,12 +15,13 @@ import threading
 import time
 
 import psycopg
+import redis
 from celery import Celery
 
 from db.repositories import webhook_deliveries
 from db.session import session_scope
 from db.settings import get_database_settings
-from workers import metrics
+from workers import broker_memory, metrics
 from workers.contract import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
 from workers.settings import WorkerSettings
 from workers.webhooks import delivery
@@ -30,8 +32,9 @@ CHANNEL = "quern_webhook_deliveries"
 BATCH = 500
 
 
-def recover(settings: WorkerSettings) -> None:
+def recover(settings: WorkerSettings, broker: redis.Redis) -> None:
     """Take back attempts lost with their worker, and deliveries whose message was lost."""
+    broker_lost = broker_memory.lost(broker, "webhooks")
     with session_scope() as session:
         lost = webhook_deliveries.take_back_lost(
             session,
@@ -40,8 +43,10 @@ def recover(settings: WorkerSettings) -> None:
             ),
         )
         resent = webhook_deliveries.forget_lost_messages(
-            session, older_than_s=settings.webhook_requeue_after_s
+            session, older_than_s=0 if broker_lost else settings.webhook_requeue_after_s
         )
+    if broker_lost:
+        broker_memory.kept(broker, "webhooks")
     for event, status in lost:
         metrics.count_delivery(event, status)
     if lost or resent:
@@ -77,13 +82,14 @@ def run(app: Celery, settings: WorkerSettings, stopping: threading.Event) -> Non
     """Recover and publish as the module says, until `stopping` is set."""
     interval = settings.webhook_dispatch_interval_s
     recovered_at = -interval
+    broker = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
     while not stopping.is_set():
         try:
             with psycopg.connect(get_database_settings().libpq_url, autocommit=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
                 while not stopping.is_set():
                     if time.monotonic() - recovered_at >= interval:
-                        recover(settings)
+                        recover(settings, broker)
                         recovered_at = time.monotonic()
                     next_due_s = publish_due(app, settings)
                     wait_s = interval if next_due_s is None else min(interval, next_due_s)
@@ -92,3 +98,4 @@ def run(app: Celery, settings: WorkerSettings, stopping: threading.Event) -> Non
         except Exception:
             log.warning("dispatcher failed; starting again", exc_info=True)
             stopping.wait(1)
+    broker.close()
