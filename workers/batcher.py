@@ -4,7 +4,10 @@ The mechanism Ray Serve's `@serve.batch` uses, on threads: each Celery task thre
 its prediction and blocks on a future; one thread per batcher waits for the first item,
 then gathers more until `max_size` or `max_wait_s` after that first item, and hands the
 group to `handle`. Items that arrive while a group runs simply queue, so a busy model
-batches naturally and an idle one answers after at most `max_wait_s`.
+batches naturally. An idle one does not wait at all: when the last group was a single item and
+nothing arrived within `max_wait_s` before this one, nothing suggests that more is coming, so
+the item goes at once with whatever is already queued (one user at a time pays no window; the
+first item of a burst goes alone, and the rest gather as before).
 """
 
 import logging
@@ -27,6 +30,7 @@ class Pending(Generic[T]):
 
     item: T
     future: Future[None] = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class Batcher(Generic[T]):
@@ -43,6 +47,7 @@ class Batcher(Generic[T]):
         self.max_wait_s = max(0.0, max_wait_s)
         self._handle = handle
         self._queue: queue.SimpleQueue[Pending[T]] = queue.SimpleQueue()
+        self._last: tuple[int, float] | None = None  # the last group's size, its last arrival
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -53,13 +58,17 @@ class Batcher(Generic[T]):
 
     def _gather(self) -> list[Pending[T]]:
         batch = [self._queue.get()]
-        deadline = time.monotonic() + self.max_wait_s
+        idle = self._last is not None and (
+            self._last[0] == 1 and batch[0].arrived - self._last[1] > self.max_wait_s
+        )
+        deadline = time.monotonic() + (0.0 if idle else self.max_wait_s)
         while len(batch) < self.max_size:
             try:
                 # Whatever is already queued joins at once; then wait out the rest of the window.
                 batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
+        self._last = (len(batch), batch[-1].arrived)
         return batch
 
     def _run(self) -> None:

@@ -5,6 +5,7 @@ model is a stand-in. The live worker and the real models are exercised in tests/
 """
 
 import threading
+import time
 from typing import Any
 
 from db.storable import MAX_DEPTH
@@ -178,3 +179,21 @@ def test_a_redelivered_message_runs_only_the_ids_not_yet_recorded(runtime: Stand
     run_prediction.run([done, fresh], version)  # the same message again, with one more id
     assert predictor.batches == [["1"], ["22"]]
     assert [load(id).attempts for id in (done, fresh)] == [1, 1]
+
+
+def test_an_idle_model_runs_a_lone_prediction_without_waiting_out_the_window(
+    runtime: StandInRuntime,
+) -> None:
+    predictor = runtime.use(Recording)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=2000)
+    run_together(runtime, version, [create_prediction_row(version)])  # a new batcher waits
+    time.sleep(0.1)
+    started = time.monotonic()
+    (done,) = run_together(runtime, version, [create_prediction_row(version)])
+    assert time.monotonic() - started < 1.5  # not the 2 s window: nothing else was coming
+    assert done.status == "succeeded" and predictor.batches == [["x"], ["x"]]
+    # Busy again: a group of two makes the next one wait out the window for company.
+    ids = [create_prediction_row(version) for _ in range(2)]
+    run_together(runtime, version, ids)
+    run_together(runtime, version, [create_prediction_row(version) for _ in range(3)])
+    assert [len(batch) for batch in predictor.batches[2:]] == [2, 3]
