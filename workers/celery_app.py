@@ -66,8 +66,10 @@ app.conf.update(
     accept_content=["json"],
     # Predictions are routed by their version's hardware when sent (prediction_queue).
     task_default_queue=prediction_queue("cpu"),
-    # Events let Flower follow tasks.
-    worker_send_task_events=True,
+    # Task events (received, started, succeeded: three Redis publishes a message) only while
+    # someone watches: Flower turns them on every few seconds while it runs (its
+    # `enable_events` default), and they stop costing anything when it is gone.
+    worker_send_task_events=False,
     task_send_sent_event=False,
 )
 
