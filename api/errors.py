@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     },
 }
 _PROBLEM_DESCRIPTIONS = {
-    400: "Malformed request (bad JSON, bad header, bad cursor)",
+    400: "Malformed request (bad JSON, bad header)",
     401: "Missing, invalid, expired or revoked token",
     403: "Not allowed for your role",
     404: "No such object (or it is not yours)",
@@ -156,6 +157,24 @@ def _validation_problem(exc: RequestValidationError) -> JSONResponse:
     return problem(422, "Unprocessable entity", summarize(invalid), invalid_fields=invalid)
 
 
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` header of a 405: every method some route takes on this path. Starlette's
+    names the first matching route's only, and `GET /v1/tokens` and `POST /v1/tokens` are two
+    routes. Each method is asked of the router as a request would be (included routers are not
+    flat lists of routes)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -181,6 +200,8 @@ def install_error_handlers(app: FastAPI) -> None:
         }
         title = titles.get(exc.status_code, "Error")
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            headers = (headers or {}) | {"Allow": allowed_methods(request)}
         return problem(exc.status_code, title, str(exc.detail), headers=headers)
 
     @app.exception_handler(OperationalError)

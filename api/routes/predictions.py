@@ -12,8 +12,11 @@ from api.deps import CurrentUser, ListenerDep, SettingsDep, TransactionDep, requ
 from api.errors import PROBLEMS, NotFound, Unprocessable
 from api.queue import Publisher
 from api.schemas.auth import USERNAME_PATTERN
+from api.schemas.base import NeverNull
 from api.schemas.models import MODEL_NAME_PATTERN
 from api.schemas.predictions import (
+    CancelAfter,
+    Cursor,
     PredictionCreate,
     PredictionOut,
     PredictionPage,
@@ -35,14 +38,16 @@ router = APIRouter(prefix="/v1/predictions", tags=["predictions"], responses=PRO
 model_router = APIRouter(prefix="/v1/models", tags=["predictions"], responses=PROBLEMS)
 
 
-CancelAfter = Annotated[
-    str | None,
+CancelAfterHeader = Annotated[
+    CancelAfter | None,
     Header(
         alias="Cancel-After",
-        max_length=32,
-        description="Deadline: `30s`, `5m`, `1h` or `30` (seconds). Not started by then: "
+        description="Deadline, from 1 s to 7 days: `30s`, `5m`, `1h30m`, or `30` (seconds). "
+        "Hours, minutes and seconds come in that order, and after the first unit minutes and "
+        "seconds are under 60 (`1h30m0s` as Go writes it; not `1h90m`). Not started by then: "
         "`aborted`; running then: `canceled`.",
     ),
+    NeverNull(),
 ]
 IdempotencyKey = Annotated[
     str | None,
@@ -51,8 +56,10 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[!-~]+$",
         description="Retry safely: the same key and body within 24 h returns the first "
-        "prediction (header `Idempotent-Replayed: true`) instead of running it again.",
+        "prediction (header `Idempotent-Replayed: true`) instead of running it again. The same "
+        "key with another body or `Cancel-After` is refused (422 naming `Idempotency-Key`).",
     ),
+    NeverNull(),
 ]
 Prefer = Annotated[
     str | None,
@@ -62,6 +69,7 @@ Prefer = Annotated[
         "or after N seconds with status `starting` (as Replicate) and a `Location` header "
         "to poll.",
     ),
+    NeverNull(),
 ]
 
 
@@ -73,7 +81,9 @@ class CreateHeaders:
 
 
 async def create_headers(
-    cancel_after: CancelAfter = None, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+    cancel_after: CancelAfterHeader = None,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> CreateHeaders:
     """The headers both create routes take (async: parsed on the event loop, no thread hop)."""
     return CreateHeaders(cancel_after, idempotency_key, prefer)
@@ -185,8 +195,12 @@ def list_predictions(
     tx: TransactionDep,
     user: CurrentUser,
     settings: SettingsDep,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
-    page_size: Annotated[int | None, Query(ge=1, le=100)] = None,
+    cursor: Annotated[
+        Cursor | None,
+        Query(description="From a page's `next` or `previous` URL: pass it back as given."),
+        NeverNull(),
+    ] = None,
+    page_size: Annotated[int | None, Query(ge=1, le=100), NeverNull()] = None,
 ) -> PredictionPage:
     """Your predictions, newest first, in cursor pages."""
     size = min(page_size or settings.page_size_default, settings.page_size_max)
@@ -211,7 +225,9 @@ def stream_prediction(
     request: Request,
     tx: TransactionDep,
     user: CurrentUser,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=64), NeverNull()
+    ] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: `output` (each token or chunk; text as is, anything else as JSON),
     `logs`, then `error` if it failed and `done` (`{"status": ...}`). Every event has an id (the

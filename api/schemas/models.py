@@ -3,7 +3,14 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, computed_field, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    computed_field,
+    field_validator,
+)
 
 from api.schemas.base import RequestBody, ResponseBody
 from api.services.cog_schema import COG_VERSION, openapi_schema
@@ -31,7 +38,7 @@ class ModelCreate(RequestBody):
         "`<your username>/<name>`.",
     )
     description: str = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
-    visibility: Literal["public", "private"] = Field(
+    visibility: Literal["public"] = Field(
         default="public",
         description="`public` only: every signed-in user can see and run every model.",
     )
@@ -45,10 +52,10 @@ class ModelCreate(RequestBody):
     license_url: Link | None = None
     cover_image_url: Link | None = None
 
-    @field_validator("visibility")
+    @field_validator("visibility", mode="before")
     @classmethod
-    def public_only(cls, visibility: str) -> str:
-        if visibility != "public":
+    def public_only(cls, visibility: Any) -> Any:
+        if visibility == "private":  # Replicate's other value: say why, not just "public"
             raise ValueError("Quern has no private models: every model is visible to all users")
         return visibility
 
@@ -57,11 +64,21 @@ ModelType = Literal[tuple([*MODEL_TYPES, CUSTOM])]  # type: ignore[valid-type]
 
 
 class VersionCreate(RequestBody):
+    # For the document: `predictor` (a string) with model_type `custom`, and only then.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"model_type": {"const": CUSTOM}}},
+            "then": {"required": ["predictor"], "properties": {"predictor": {"type": "string"}}},
+            "else": {"properties": {"predictor": {"type": "null"}}},
+        }
+    )
+
     model_type: ModelType = Field(  # type: ignore[valid-type]
         description="A built-in type, or `custom` with `predictor` naming your class."
     )
     predictor: str | None = Field(
         default=None,
+        validate_default=True,
         max_length=200,
         pattern=CLASS_PATH_PATTERN,
         description="For `custom`: `package.module:ClassName`, importable on the workers, "
@@ -75,7 +92,9 @@ class VersionCreate(RequestBody):
     )
     input_schema: dict[str, Any] = Field(
         description="JSON Schema (2020-12) of the input object: types, defaults, minimum/"
-        "maximum, enum, required, additionalProperties."
+        "maximum, enum, required, additionalProperties. Its `$ref`s point inside it "
+        "(`#/$defs/...`), and its defaults are valid: otherwise 422 naming `input_schema`.",
+        json_schema_extra={"required": ["type"], "properties": {"type": {"const": "object"}}},
     )
     hardware: Literal["cpu", "gpu"] = "cpu"
     max_batch_size: int = Field(default=1, ge=1, le=256)
@@ -88,11 +107,13 @@ class VersionCreate(RequestBody):
         check_input_schema(schema)
         return schema
 
-    @model_validator(mode="after")
-    def predictor_iff_custom(self) -> "VersionCreate":
-        if (self.model_type == CUSTOM) != (self.predictor is not None):
+    @field_validator("predictor")
+    @classmethod
+    def predictor_iff_custom(cls, predictor: str | None, info: ValidationInfo) -> str | None:
+        model_type = info.data.get("model_type")  # absent if invalid: named already
+        if model_type is not None and (model_type == CUSTOM) != (predictor is not None):
             raise ValueError("give `predictor` for model_type custom, and only then")
-        return self
+        return predictor
 
 
 class VersionOut(ResponseBody):

@@ -15,7 +15,10 @@ class TokenCreate(RequestBody):
         description="What the token is for, e.g. `ci` or `batch-job`.",
     )
     expires_at: AwareDatetime | None = Field(
-        default=None, description="When it stops working (with a timezone); never if omitted."
+        default=None,
+        description="When it stops working (with a timezone); never if omitted or null. It must "
+        "be in the future and before 9999-01-01T00:00:00Z: any other is refused (422 naming "
+        "`expires_at`).",
     )
 
 

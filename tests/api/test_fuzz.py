@@ -4,9 +4,12 @@ Every operation in /openapi.json gets generated requests (boundary and invalid "
 cases, then random valid and invalid ones), sent in-process to the ASGI app with a
 real user's bearer token, and again with an administrator's. Every response must not be a 5xx,
 and must have a status code and content type that the document lists for the operation and a
-body matching the documented schema. What the API accepts is then followed up the way a client
-would (the new prediction read, streamed and canceled, the new API token used and revoked), and
-the caller's reads must keep working: data accepted once must not break them later.
+body matching the documented schema. A request the document allows must be accepted (refused
+only for a rule the document can state in words alone: CHECKED_AT_RUNTIME), and a method a path
+does not take is 405 with an `Allow` of every method it does. What the API accepts is then
+followed up the way a client would (the new prediction read, streamed and canceled, the new API
+token used and revoked), and the caller's reads must keep working: data accepted once must not
+break them later.
 
 Bounded and reproducible: a few examples per operation, derandomized. Not a state machine
 (schemathesis' stateful mode): its steps depend on the database's contents, which every run
@@ -24,10 +27,13 @@ from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
     content_type_conformance,
+    positive_data_acceptance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from api.main import app
@@ -37,12 +43,41 @@ from tests.helpers import register_admin, register_and_login
 # not a server error. It is tested in tests/api/test_ops.py and tests/test_faults.py.
 schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/ready")
 
+# Rules the document states in words because JSON Schema cannot: whether the model or version
+# exists and what its input must be, whether a webhook's host resolves to a public address,
+# whether an idempotency key was used for another request, whether an expiry is still in the
+# future, whether an input schema is a valid JSON Schema. Only for these may a request the
+# document allows be refused: 422 naming the field.
+CHECKED_AT_RUNTIME: dict[str, set[str]] = {
+    "POST /v1/predictions": {"model", "version", "input", "webhook", "Idempotency-Key"},
+    "POST /v1/models/{owner}/{name}/predictions": {"input", "webhook", "Idempotency-Key"},
+    "POST /v1/tokens": {"expires_at"},
+    "POST /v1/models/{owner}/{name}/versions": {"input_schema"},
+}
+
+
+@schemathesis.check
+def schema_valid_requests_are_accepted(
+    ctx: Any, response: schemathesis.Response, case: Case
+) -> bool | None:
+    """positive_data_acceptance, but for a 422 that names only fields of CHECKED_AT_RUNTIME."""
+    if response.status_code == 422:
+        fields = response.json().get("invalid_fields", [])
+        named = {re.split(r"[.\[]", item["field"])[0] for item in fields}
+        if named and named <= CHECKED_AT_RUNTIME.get(case.operation.label, set()):
+            return None
+    return positive_data_acceptance(ctx, response, case)
+
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
+    schema_valid_requests_are_accepted,  # "valid by the document, refused by the API"
+    unsupported_method,  # an undocumented method is 405 with `Allow`...
+    allow_header_conformance,  # ...which lists every documented method of the path
 ]
 MAX_EXAMPLES = 25
 
