@@ -15,7 +15,8 @@ class Predictor(Protocol):
     """A loaded model. `predict_batch` returns one output per input, in order; an input the
     model refuses gets a `PredictionError` in its place, so it fails without its batch.
     An output may hold `FileOutput`s anywhere (alone, in lists or dicts): the worker stores
-    each one and puts its URL in its place."""
+    each one and puts its URL in its place. An output may be a numpy array (an embedding):
+    written as JSON in C, float32 values in their shortest exact form."""
 
     def __init__(self, weights: Path, device: str) -> None:
         """`weights`: the version's files on this machine. `device`: "cuda" (the process's one

@@ -34,4 +34,6 @@ class EmbeddingsPredictor:
         mask = encoded["attention_mask"].unsqueeze(-1).to(token_embeddings.dtype)
         pooled = (token_embeddings * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         normalized = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return [row.tolist() for row in normalized.float().cpu()]
+        # float32 rows as numpy arrays: the worker writes them as JSON in C, each value in its
+        # shortest exact float32 form (about 9 digits, where a Python float takes 17).
+        return list(normalized.float().cpu().numpy())

@@ -9,6 +9,8 @@ import json
 import re
 from typing import Any
 
+import numpy as np
+import orjson
 from sqlalchemy.orm import Session
 
 from db.ids import new_id
@@ -27,6 +29,8 @@ CONTENT_TYPE = re.compile(
 def encode(output: Any) -> str | None:
     """`output` as JSON text when it plainly holds no file and nothing PostgreSQL refuses (the
     usual case, checked at C speed); None when it needs `store`."""
+    if isinstance(output, np.ndarray):
+        return _encode_array(output)
     try:
         text = json.dumps(output, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):  # a FileOutput, NaN, not JSON at all
@@ -38,6 +42,16 @@ def encode(output: Any) -> str | None:
     if text.count("[") + text.count("{") > MAX_DEPTH:
         return None
     return text
+
+
+def _encode_array(array: np.ndarray[Any, Any]) -> str | None:
+    """A numpy array of numbers in one C call (orjson): float32 values in their shortest exact
+    form, where Python's repr of the same value as a float takes 17 digits and 25x the time."""
+    if array.dtype.kind not in "fiub" or array.ndim > MAX_DEPTH:
+        return None  # objects, strings, complex: the slow path says what is wrong
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return None  # NaN or infinity: PostgreSQL refuses them, `store` names where
+    return orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _is_utf8(text: str) -> bool:
@@ -63,6 +77,8 @@ def store(session: Session, *, claim: Claim, output: Any) -> tuple[Any, str | No
             return [replace(item) for item in value]
         if isinstance(value, dict):
             return {key: replace(item) for key, item in value.items()}
+        if isinstance(value, np.ndarray | np.generic):  # arrays and numpy scalars
+            return replace(value.tolist())
         return value
 
     replaced = replace(output)
@@ -80,7 +96,7 @@ def store(session: Session, *, claim: Claim, output: Any) -> tuple[Any, str | No
         path, reason = problems[0]
         return None, f"The model returned an unstorable value at {path}: {reason}"
     if not found:
-        return output, None
+        return replaced, None
     if predictions.lock_attempt(session, claim=claim):
         for file_id, file in found:
             files.create(

@@ -2,8 +2,10 @@
 output. Real rows in PostgreSQL and real batches; only the model is a stand-in."""
 
 import hashlib
+import json
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -127,3 +129,41 @@ def test_a_batch_stores_urls_in_each_output_and_files_only_for_those_that_succee
         assert url == URL + row.id and row.data == text.encode() and row.owner_id == done.owner_id
     assert nan.status == "failed" and "NaN" in (nan.error or "") and nan.output is None
     assert files_of(nan.id) == []
+
+
+class Arrays(Recording):
+    """Outputs numpy values, as the embeddings model does ('nan' adds a NaN, 'scalar' is one
+    numpy number, 'strings' an array of text)."""
+
+    def embed(self, text: str) -> Any:
+        if text == "scalar":
+            return np.float32(0.5)
+        if text == "strings":
+            return np.array(["a", "b"])
+        values = np.array([0.1, -0.25, 1e-7], dtype=np.float32)
+        return np.append(values, np.float32("nan")) if text == "nan" else values
+
+
+def test_a_float32_array_is_written_in_its_shortest_exact_form() -> None:
+    values = np.array([[0.1, -0.25], [1e-7, 3.4028235e38]], dtype=np.float32)
+    text = files.encode(values)
+    assert text == "[[0.1,-0.25],[1e-7,3.4028235e+38]]"
+    assert np.array_equal(np.array(json.loads(text), dtype=np.float32), values)  # exact
+    assert files.encode(np.arange(3)[::2]) == "[0,2]"  # not contiguous: copied first
+    assert files.encode(np.array([1.0, np.inf])) is None  # PostgreSQL refuses: the slow path
+    assert files.encode(np.array(["a"])) is None
+
+
+def test_numpy_outputs_are_stored_and_a_nan_in_one_fails_only_that_prediction(
+    runtime: StandInRuntime,
+) -> None:
+    runtime.use(Arrays)
+    version = create_version(max_batch_size=4, max_batch_wait_ms=300)
+    texts = ("array", "nan", "scalar", "strings")
+    array, nan, scalar, strings = run_together(
+        runtime, version, [create_prediction_row(version, text=text) for text in texts]
+    )
+    assert (array.status, array.output) == ("succeeded", [0.1, -0.25, 1e-7])
+    assert nan.status == "failed" and "NaN" in (nan.error or "")
+    assert (scalar.status, scalar.output) == ("succeeded", 0.5)
+    assert (strings.status, strings.output) == ("succeeded", ["a", "b"])
