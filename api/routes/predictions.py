@@ -18,6 +18,7 @@ from api.schemas.predictions import (
     CancelAfter,
     Cursor,
     PredictionCreate,
+    PredictionFiltersDep,
     PredictionOut,
     PredictionPage,
     PredictionRequest,
@@ -195,6 +196,7 @@ def list_predictions(
     tx: TransactionDep,
     user: CurrentUser,
     settings: SettingsDep,
+    filters: PredictionFiltersDep,
     cursor: Annotated[
         Cursor | None,
         Query(description="From a page's `next` or `previous` URL: pass it back as given."),
@@ -202,9 +204,11 @@ def list_predictions(
     ] = None,
     page_size: Annotated[int | None, Query(ge=1, le=100), NeverNull()] = None,
 ) -> PredictionPage:
-    """Your predictions, newest first, in cursor pages."""
+    """Your predictions, newest first, in cursor pages; the filters given (Replicate's
+    `created_after`, `created_before`, `source`, and `status`, `model`, `version`) are all
+    applied, and the `next` and `previous` URLs carry them."""
     size = min(page_size or settings.page_size_default, settings.page_size_max)
-    return predictions.list_page(tx, user, cursor, size, request_base_url(request))
+    return predictions.list_page(tx, user, cursor, size, request_base_url(request), filters)
 
 
 @router.get("/{prediction_id}", response_model=PredictionOut)

@@ -1,13 +1,20 @@
 """The prediction object, with Replicate's field names."""
 
-from datetime import datetime
-from typing import Annotated, Any
+import re
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from fastapi import Depends, Query
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from api.schemas.base import Matching, RequestBody, ResponseBody
+from api.schemas.base import Matching, NeverNull, RequestBody, ResponseBody
 from db.ids import ID_PATTERN
-from db.tables import ALL_EVENTS, WebhookEvent
+from db.repositories.predictions import Filters
+from db.tables import ALL_EVENTS, PredictionStatus, WebhookEvent
+
+# `owner/name`, as a create or a list filter names a model.
+MODEL_REF_PATTERN = r"^[a-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$"
 
 # A list page's position: the direction, then the created_at (microseconds since 1970) and id of
 # the row it is next to. Any such position can be listed from, existing or not.
@@ -112,7 +119,7 @@ class PredictionCreate(PredictionRequest):
     model: str | None = Field(
         default=None,
         validate_default=True,
-        pattern=r"^[a-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$",
+        pattern=MODEL_REF_PATTERN,
         description="`owner/name`: runs the model's latest version. Give this or `version`, "
         "not both.",
     )
@@ -167,3 +174,118 @@ class PredictionPage(ResponseBody):
     next: str | None
     previous: str | None
     results: list[PredictionOut]
+
+
+# --- GET /v1/predictions filters, as Replicate's -------------------------------------------
+
+# RFC 3339 allows a leap second (`23:59:60`), which Python's datetime cannot hold.
+_LEAP_SECOND = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:)60(?:\.[0-9]+)?")
+
+
+def _leap_second(value: Any) -> Any:
+    """A leap second is read as the last microsecond before it."""
+    return _LEAP_SECOND.sub(r"\g<1>59.999999", value, count=1) if isinstance(value, str) else value
+
+
+Moment = Annotated[datetime, BeforeValidator(_leap_second)]
+_MOMENT = (
+    "An ISO 8601 date-time such as `2025-01-31T12:00:00Z` or `2025-01-31T13:00:00+01:00` "
+    "(without an offset: UTC)."
+)
+
+
+def _utc(moment: datetime) -> datetime:
+    """`moment` in UTC. One that UTC puts outside Python's years 1-9999 (year 1 ahead of UTC,
+    9999 behind it) is the first or last moment Python has: it filters the same."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PredictionFilters:
+    """What `GET /v1/predictions` is narrowed to (all that are given, combined)."""
+
+    created_after: datetime | None = None  # in UTC
+    created_before: datetime | None = None
+    source: str | None = None
+    status: str | None = None
+    model: str | None = None
+    version: str | None = None
+
+    @property
+    def matches_nothing(self) -> bool:
+        """Quern has no web interface: no prediction's source is `web`."""
+        return self.source == "web"
+
+    def params(self) -> dict[str, str]:
+        """As query parameters: the page's `next` and `previous` URLs carry them."""
+        given = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else str(value)
+            for name, value in given
+            if value is not None
+        }
+
+    def for_query(self) -> Filters:
+        owner, _, name = (self.model or "").partition("/")
+        return Filters(
+            created_after=self.created_after,
+            created_before=self.created_before,
+            status=self.status,
+            model=(owner, name) if self.model else None,
+            version_id=self.version,
+        )
+
+
+async def prediction_filters(
+    created_after: Annotated[
+        Moment | None,
+        Query(description=f"Only predictions created at or after this moment. {_MOMENT}"),
+        NeverNull(),
+    ] = None,
+    created_before: Annotated[
+        Moment | None,
+        Query(description=f"Only predictions created before this moment. {_MOMENT}"),
+        NeverNull(),
+    ] = None,
+    source: Annotated[
+        Literal["api", "web"] | None,
+        Query(
+            description="How they were created: every Quern prediction is `api` (Quern has no "
+            "web interface, so `web` lists none)."
+        ),
+        NeverNull(),
+    ] = None,
+    status: Annotated[
+        PredictionStatus | None, Query(description="Only predictions in this status."), NeverNull()
+    ] = None,
+    model: Annotated[
+        str | None,
+        Query(
+            pattern=MODEL_REF_PATTERN,
+            description="Only predictions of this model (`owner/name`), any version.",
+        ),
+        NeverNull(),
+    ] = None,
+    version: Annotated[
+        str | None,
+        Query(pattern=ID_PATTERN, description="Only predictions of this model version (its id)."),
+        NeverNull(),
+    ] = None,
+) -> PredictionFilters:
+    """async: parsed on the event loop, no thread hop."""
+    return PredictionFilters(
+        created_after=None if created_after is None else _utc(created_after),
+        created_before=None if created_before is None else _utc(created_before),
+        source=source,
+        status=None if status is None else str(status),
+        model=model,
+        version=version,
+    )
+
+
+PredictionFiltersDep = Annotated[PredictionFilters, Depends(prediction_filters)]

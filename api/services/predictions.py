@@ -5,6 +5,7 @@ import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +24,7 @@ from api.errors import (
 from api.queue import Publisher
 from api.schemas.predictions import (
     PredictionCreate,
+    PredictionFilters,
     PredictionOut,
     PredictionPage,
 )
@@ -309,9 +311,18 @@ def _decode_cursor(cursor: str) -> tuple[str, Cursor]:
 
 
 def list_page(
-    tx: Transaction, user: User, cursor: str | None, page_size: int, base_url: str
+    tx: Transaction,
+    user: User,
+    cursor: str | None,
+    page_size: int,
+    base_url: str,
+    filters: PredictionFilters | None = None,
 ) -> PredictionPage:
-    """Newest first. `next` goes to older predictions, `previous` to newer ones."""
+    """Newest first. `next` goes to older predictions, `previous` to newer ones; both keep
+    the filters."""
+    filters = filters or PredictionFilters()
+    if filters.matches_nothing:
+        return PredictionPage(next=None, previous=None, results=[])
     direction, position = _decode_cursor(cursor) if cursor else ("next", None)
     rows = predictions.list(
         tx.session,
@@ -319,6 +330,7 @@ def list_page(
         limit=page_size + 1,
         after=position if direction == "next" else None,
         before=position if direction == "previous" else None,
+        filters=filters.for_query(),
     )
     more = len(rows) > page_size
     if direction == "next":
@@ -329,8 +341,8 @@ def list_page(
         has_older, has_newer = True, more
 
     def link(direction: str, row: PredictionWithModel) -> str:
-        token = _encode_cursor(direction, row)
-        return f"{base_url}/v1/predictions?cursor={token}&page_size={page_size}"
+        query = {"cursor": _encode_cursor(direction, row), "page_size": str(page_size)}
+        return f"{base_url}/v1/predictions?{urlencode(query | filters.params())}"
 
     return PredictionPage(
         next=link("next", rows[-1]) if rows and has_older else None,

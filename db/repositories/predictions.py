@@ -30,6 +30,17 @@ class Cursor:
     id: str
 
 
+@dataclass(frozen=True)
+class Filters:
+    """What a list is narrowed to; each one given is combined with the others (AND)."""
+
+    created_after: datetime | None = None  # at or after
+    created_before: datetime | None = None  # strictly before
+    status: str | None = None
+    model: tuple[str, str] | None = None  # (owner, name)
+    version_id: str | None = None
+
+
 def _with_model() -> Select[Prediction, str, str]:
     return (
         select(Prediction, User.username, Model.name)
@@ -55,13 +66,27 @@ def list(
     limit: int,
     after: Cursor | None = None,
     before: Cursor | None = None,
+    filters: Filters | None = None,
 ) -> builtins.list[PredictionWithModel]:
     """Newest first; everyone's when owner_id is None. `after`: rows older than the cursor;
-    `before`: rows newer than it."""
+    `before`: rows newer than it. One statement: the filters narrow the range scan of
+    (owner_id, created_at, id) and the joins it already makes for `model`."""
     key = tuple_(Prediction.created_at, Prediction.id)
     query = _with_model()
+    filters = filters or Filters()
     if owner_id is not None:
         query = query.where(Prediction.owner_id == owner_id)
+    if filters.created_after is not None:
+        query = query.where(Prediction.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(Prediction.created_at < filters.created_before)
+    if filters.status is not None:
+        query = query.where(Prediction.status == filters.status)
+    if filters.version_id is not None:
+        query = query.where(Prediction.version_id == filters.version_id)
+    if filters.model is not None:
+        owner, name = filters.model
+        query = query.where(User.username == owner, Model.name == name)
     if before is not None:
         query = query.where(key > tuple_(before.created_at, before.id)).order_by(
             Prediction.created_at.asc(), Prediction.id.asc()
