@@ -1,17 +1,19 @@
 """Request dependencies: the one transaction per request, the authenticated caller (JWT or API
-token, api/authentication.py) and their rate limit, and the admin check."""
+token, api/authentication.py) and their rate limit, the admin check, and the bearer of a signed
+URL (db/signed_urls.py) where one may stand in for a token."""
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api import rate_limits
 from api.authentication import Principal, authenticate
 from api.errors import Forbidden, Unauthorized
+from api.schemas.base import NeverNull
 from api.settings import ApiSettings, get_api_settings
 from api.status_listener import StatusListener, status_listener
 from db.session import get_sessionmaker
@@ -90,6 +92,50 @@ async def get_principal(
     return principal
 
 
+@dataclass(frozen=True)
+class SignedUrl:
+    """A request with `expires` and `signature` and no Authorization header. Not checked yet:
+    the service that reads the resource checks them against it (a file's signature names the
+    prediction the file's row belongs to)."""
+
+    expires: str
+    signature: str
+
+
+SIGNED_URL_REFUSED = (
+    "This signed URL is invalid, has expired, or is not this resource's: read the prediction "
+    "again for fresh URLs, or send 'Authorization: Bearer <token>'"
+)
+
+
+async def get_reader(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    listener: ListenerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    expires: Annotated[
+        str | None,
+        Query(description="Of a signed URL (unix seconds): with `signature`, no token is needed"),
+        NeverNull(),
+    ] = None,
+    signature: Annotated[
+        str | None, Query(description="Of a signed URL, as Quern handed it out"), NeverNull()
+    ] = None,
+) -> User | SignedUrl:
+    """A token when one is sent (checked as on every route; the query is then ignored), else a
+    signed URL's query, else 401. A signed URL's requests count against its client address's
+    read budget (its owner's is not for strangers to spend)."""
+    if credentials is not None or (expires is None and signature is None):
+        principal = await get_principal(request, response, settings, listener, credentials)
+        return principal.user
+    client = request.client.host if request.client else "unknown"
+    usage = await rate_limits.hit(settings, "read", f"ip:{client}")
+    if usage is not None:
+        response.headers.update(usage.headers)
+    return SignedUrl(expires or "", signature or "")
+
+
 # async: no I/O, so no trip through the thread pool on every request.
 async def get_current_user(principal: Annotated[Principal, Depends(get_principal)]) -> User:
     return principal.user
@@ -123,5 +169,7 @@ async def base_url(request: Request) -> str:
 
 BaseUrl = Annotated[str, Depends(base_url)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
+# The caller's user, or the signed URL that stands in for one (`urls.stream`, file outputs).
+Reader = Annotated[User | SignedUrl, Depends(get_reader)]
 AdminUser = Annotated[User, Depends(get_admin)]
 AuthAttempt = Depends(limit_auth_attempts)

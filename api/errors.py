@@ -37,7 +37,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 _PROBLEM_DESCRIPTIONS = {
     400: "Malformed request (bad JSON, bad header)",
     401: "Missing, invalid, expired or revoked token",
-    403: "Not allowed for your role",
+    403: "Not allowed for your role, or a signed URL that is tampered, expired or another's",
     404: "No such object (or it is not yours)",
     409: "Conflicts with the current state (a duplicate, a request still in progress)",
     413: "Request body too large",

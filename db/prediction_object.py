@@ -1,28 +1,32 @@
 """The prediction object (Replicate's field names): the one serializer of a prediction.
 
 The API answers with it (`GET /v1/predictions/{id}`) and the workers POST it to webhooks, so
-it lives here, where both may import it (tests/test_architecture.py).
+it lives here, where both may import it (tests/test_architecture.py). Its `urls.stream` and
+the file URLs in its output are signed (db/signed_urls.py): they open without a token.
 """
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 
 from pydantic_core import to_jsonable_python
 from sqlalchemy import DateTime
 
+from db.signed_urls import get_url_signer
 from db.tables import Prediction
 
 
 def prediction_object(p: Prediction, model: str, base_url: str) -> dict[str, Any]:
     """`model` is the model's `owner/name`; `base_url` where clients reach the API."""
     url = f"{base_url}/v1/predictions/{p.id}"
+    signer, now = get_url_signer(), time.time()
     return {
         "id": p.id,
         "model": model,
         "version": p.version_id,
         "input": p.input,
-        "output": p.output,
+        "output": signer.sign_files(p.output, p.id, now),
         "logs": p.logs,
         "error": p.error,
         "status": p.status,
@@ -30,7 +34,11 @@ def prediction_object(p: Prediction, model: str, base_url: str) -> dict[str, Any
         "started_at": p.started_at,
         "completed_at": p.completed_at,
         "deadline": p.deadline,
-        "urls": {"get": url, "cancel": f"{url}/cancel", "stream": f"{url}/stream"},
+        "urls": {
+            "get": url,
+            "cancel": f"{url}/cancel",
+            "stream": signer.stream_url(f"{url}/stream", p.id, now),
+        },
         "metrics": {
             "predict_time": p.metrics.get("predict_time"),
             "total_time": _seconds(p.created_at, p.completed_at),

@@ -103,6 +103,15 @@ def wait_for_api(base_url: str, api: subprocess.Popen[bytes]) -> None:
     sys.exit("the API did not answer /health in 30 s")
 
 
+def kept_secret(path: Path) -> str:
+    """A random secret generated once and kept in the state dir, so that URLs signed before a
+    restart still work after it."""
+    if not path.exists():
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 def demo_token(base_url: str, state: Path) -> str:
     """A JWT for the `demo` user (an administrator), whose password is generated once and kept
     in the state dir."""
@@ -245,6 +254,8 @@ def main() -> None:
     env.setdefault("QUERN_ENV", "development")
     # The API's address in what the workers write (webhook bodies, file URLs).
     env.setdefault("QUERN_PUBLIC_URL", f"http://127.0.0.1:{options.port}")
+    # The API and the webhooks worker sign stream and file URLs with it (db/signed_urls.py).
+    env.setdefault("QUERN_SIGNED_URL_SECRET", kept_secret(state / "signed-url-secret"))
     supervisor = Supervisor()
 
     def stop(*_: object) -> None:

@@ -31,6 +31,8 @@ os.environ.update(
     REDIS_URL=API_REDIS_URL,
     QUERN_ENV="test",
     QUERN_JWT_SECRET="test-secret-" + secrets.token_hex(16),
+    # Signed URLs (db/signed_urls.py) for the API and the live workers alike.
+    QUERN_SIGNED_URL_SECRET="test-url-secret-" + secrets.token_hex(16),
     # Tests of the limits lower them on the settings object; the rest must never meet them.
     QUERN_RATE_LIMIT_WRITE="1000000/minute",
     QUERN_RATE_LIMIT_READ="1000000/minute",

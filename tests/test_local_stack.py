@@ -102,7 +102,8 @@ def test_a_crash_looping_worker_backs_off_and_the_backoff_resets_once_it_stayed_
 @pytest.mark.slow
 def test_embedded_default_completes_a_prediction(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL"))}
-    env = {k: v for k, v in env.items() if k not in ("QUERN_ENV", "QUERN_JWT_SECRET")}
+    unset = ("QUERN_ENV", "QUERN_JWT_SECRET", "QUERN_SIGNED_URL_SECRET")
+    env = {k: v for k, v in env.items() if k not in unset}
     port = free_port()
     state = tmp_path / "state"
     launcher = subprocess.Popen(
@@ -144,6 +145,11 @@ def test_embedded_default_completes_a_prediction(tmp_path: Path) -> None:
             )
         assert done["status"] == "succeeded", done
         assert isinstance(done["output"], list) and len(done["output"]) == 384
+        # Signed with the secret it generated and keeps: the stream opens without a token.
+        assert (state / "signed-url-secret").stat().st_mode & 0o777 == 0o600
+        with httpx.Client(timeout=30) as anonymous:
+            streamed = anonymous.get(done["urls"]["stream"])
+        assert streamed.status_code == 200 and "event: done" in streamed.text
     finally:
         launcher.terminate()
         launcher.wait(90)

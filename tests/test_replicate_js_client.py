@@ -36,13 +36,8 @@ REFUSED = re.compile(
 
 
 class UnsignedUrlRefused(AssertionError):
-    """The client fetched a URL Quern handed out (`urls.stream`, a file) without a token: 401."""
-
-
-UNSIGNED = (
-    "the client opens urls.stream and file URLs without an Authorization header, which Quern "
-    "refuses (401) until it hands out URLs that carry their own authorization"
-)
+    """The client fetched a URL Quern handed out (`urls.stream`, a file) without a token and
+    got 401: those URLs must be signed (db/signed_urls.py), as the client sends no token."""
 
 
 def npm_ci() -> None:
@@ -115,21 +110,18 @@ def run_node(live: LiveStack, users: dict[str, str], test_file: str) -> None:
     pytest.fail(f"node --test {test_file} failed:\n{output}", pytrace=False)
 
 
-XFAIL_UNSIGNED = pytest.mark.xfail(strict=False, raises=UnsignedUrlRefused, reason=UNSIGNED)
-FILES = {
-    "run.test.mjs": (),
-    "predictions.test.mjs": (),
-    "models.test.mjs": (),
-    "errors.test.mjs": (),
-    "webhooks.test.mjs": (),
-    "stream.test.mjs": (XFAIL_UNSIGNED,),
-    "files.test.mjs": (XFAIL_UNSIGNED,),
-}
+FILES = [
+    "run.test.mjs",
+    "predictions.test.mjs",
+    "models.test.mjs",
+    "errors.test.mjs",
+    "webhooks.test.mjs",
+    "stream.test.mjs",
+    "files.test.mjs",
+]
 
 
-@pytest.mark.parametrize(
-    "test_file", [pytest.param(name, marks=marks, id=name) for name, marks in FILES.items()]
-)
+@pytest.mark.parametrize("test_file", FILES)
 def test_js_client(
     live: LiveStack, users: dict[str, str], node_modules: None, test_file: str
 ) -> None:

@@ -13,7 +13,9 @@ from tests.processes import wait_for_prediction
 pytestmark = pytest.mark.slow
 
 
-def test_an_image_prediction_returns_png_urls_only_its_owner_can_fetch(live: LiveStack) -> None:
+def test_an_image_prediction_returns_png_urls_that_open_as_given_and_plain_only_to_its_owner(
+    live: LiveStack,
+) -> None:
     response = live.client.post(
         "/v1/predictions",
         json={
@@ -34,11 +36,14 @@ def test_an_image_prediction_returns_png_urls_only_its_owner_can_fetch(live: Liv
     assert isinstance(urls, list) and len(urls) == 2 and len(set(urls)) == 2
     stranger = register_and_login(live.client)
     for url in urls:
-        assert url.startswith(f"{live.base_url}/v1/files/")  # the workers' QUERN_PUBLIC_URL
-        fetched = live.client.get(url, headers=live.headers)
+        plain, signed = url.split("?")  # signed as the API answers (db/signed_urls.py)
+        assert plain.startswith(f"{live.base_url}/v1/files/")  # the workers' QUERN_PUBLIC_URL
+        assert signed.startswith("expires=") and "&signature=" in signed
+        fetched = live.client.get(url)  # as given: no token needed
         assert fetched.status_code == 200, fetched.text
         assert fetched.headers["content-type"] == "image/png"
         image = Image.open(io.BytesIO(fetched.content), formats=["PNG"])
         assert image.size == (96, 64)
-        assert live.client.get(url, headers=stranger).status_code == 404
-        assert live.client.get(url).status_code == 401
+        assert live.client.get(plain, headers=live.headers).content == fetched.content
+        assert live.client.get(plain, headers=stranger).status_code == 404
+        assert live.client.get(plain).status_code == 401

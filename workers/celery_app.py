@@ -14,6 +14,7 @@ from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_ready
 
 from db import log_format
+from db.signed_urls import get_url_signer
 from db.webhook_guard import get_guard_settings
 from workers import kombu_fixes
 from workers.contract import RUN_PREDICTION_TASK, prediction_queue
@@ -22,6 +23,7 @@ from workers.settings import get_worker_settings
 
 settings = get_worker_settings()
 get_guard_settings()  # a bad QUERN_WEBHOOK_ALLOWED_NETWORKS stops the worker now, not each delivery
+get_url_signer()  # a bad QUERN_SIGNED_URL_* too, not a failed webhook body
 kombu_fixes.survive_broker_reconnects()
 
 assert settings.task_time_limit_s < settings.broker_visibility_timeout_s

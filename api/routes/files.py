@@ -4,7 +4,7 @@ import mimetypes
 
 from fastapi import APIRouter, Response
 
-from api.deps import CurrentUser, TransactionDep
+from api.deps import Reader, TransactionDep
 from api.errors import PROBLEMS
 from api.services import files
 
@@ -36,10 +36,11 @@ router = APIRouter(prefix="/v1/files", tags=["files"], responses=PROBLEMS)
         }
     },
 )
-def get_file(file_id: str, tx: TransactionDep, user: CurrentUser) -> Response:
+def get_file(file_id: str, tx: TransactionDep, reader: Reader) -> Response:
     """A file one of your predictions produced (its output holds this URL); anyone else's is
-    404."""
-    file = files.get(tx, user, file_id)
+    404. The URL as a prediction object gives it (with `expires` and `signature`) needs no
+    token: one whose signature is tampered, expired or another file's is 403."""
+    file = files.get(tx, reader, file_id)
     extension = mimetypes.guess_extension(file.content_type) or ".bin"
     return Response(
         file.data,

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentUser, ListenerDep, SettingsDep, TransactionDep, request_base_url
+from api.deps import (
+    CurrentUser,
+    ListenerDep,
+    Reader,
+    SettingsDep,
+    TransactionDep,
+    request_base_url,
+)
 from api.errors import PROBLEMS, NotFound, Unprocessable
 from api.queue import Publisher
 from api.schemas.auth import USERNAME_PATTERN
@@ -24,7 +31,7 @@ from api.schemas.predictions import (
     PredictionRequest,
 )
 from api.services import predictions
-from api.services.streams import prediction_events
+from api.services.streams import open_stream, prediction_events
 from api.services.waiting import WaitingResponse, parse_prefer_wait
 from api.settings import ApiSettings
 from api.status_listener import StatusListener
@@ -228,7 +235,7 @@ def stream_prediction(
     prediction_id: str,
     request: Request,
     tx: TransactionDep,
-    user: CurrentUser,
+    reader: Reader,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", max_length=64), NeverNull()
     ] = None,
@@ -236,10 +243,11 @@ def stream_prediction(
     """Server-Sent Events: `output` (each token or chunk; text as is, anything else as JSON),
     `logs`, then `error` if it failed and `done` (`{"status": ...}`). Every event has an id (the
     last ones repeat the id before them): reconnect with `Last-Event-ID` to resume without loss
-    or repeats. Opened after the end, it replays the output and ends."""
+    or repeats. Opened after the end, it replays the output and ends. `urls.stream` as given
+    (with `expires` and `signature`) needs no token: one whose signature is tampered, expired or
+    another prediction's is 403."""
     base_url = request_base_url(request)
-    prediction = predictions.get(tx, user, prediction_id, base_url)  # 404 if not yours
-    load = partial(predictions.load, user, prediction.id, base_url)
+    prediction, load = open_stream(tx, reader, prediction_id, base_url)  # 404 if not yours
     return EventSourceResponse(
         prediction_events(prediction, load, last_event_id),
         ping=PING_S,

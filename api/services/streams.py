@@ -12,24 +12,40 @@ older than the one running (or recorded) are skipped, so a retry's output never 
 lost attempt's, and a worker that lost its claim adds nothing. A client that was shown part of
 an attempt that is then superseded gets an `error` event saying so and the stream ends; opened
 again without `Last-Event-ID`, it follows the new attempt from its start.
+
+It opens with a token (the caller's predictions, or everyone's for an admin) or with the
+prediction's signed `urls.stream` (db/signed_urls.py), checked once when it opens: a stream
+opened in time runs to its end. File URLs in `output` events are signed as in the prediction
+object.
 """
 
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
 from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import SIGNED_URL_REFUSED, SignedUrl, Transaction
+from api.errors import Forbidden, NotFound
 from api.schemas.predictions import PredictionOut
+from api.services import predictions
 from api.services.waiting import RECHECK_S, is_finished
 from api.settings import get_api_settings
 from api.status_listener import status_listener
+from db import log_format
+from db.repositories import predictions as prediction_rows
+from db.session import session_scope
+from db.signed_urls import get_url_signer
+from db.tables import User
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 READ_BLOCK_MS = 15_000  # a cancelled read costs a reconnect, so block long
@@ -52,10 +68,43 @@ def _redis() -> aioredis.Redis:
     return _clients[loop]
 
 
-def _sse(entry_id: str, fields: dict[bytes, bytes]) -> tuple[ServerSentEvent, Any]:
-    """Text goes out as is (one `data:` line per line); anything else as JSON."""
+def open_stream(
+    tx: Transaction, reader: User | SignedUrl, prediction_id: str, base_url: str
+) -> tuple[PredictionOut, Callable[[], PredictionOut]]:
+    """The prediction to stream and how to read it again. Not the caller's: 404; a signed URL
+    that is tampered, expired or another prediction's: 403 (before any query)."""
+    if isinstance(reader, User):
+        prediction = predictions.get(tx, reader, prediction_id, base_url)
+        return prediction, partial(predictions.load, reader, prediction.id, base_url)
+    if not get_url_signer().check_stream(prediction_id, reader.expires, reader.signature):
+        raise Forbidden(SIGNED_URL_REFUSED)
+    # This one prediction, whoever owns it (as `predictions.find` reads for an admin).
+    prediction = _signed_get(tx.session, prediction_id, base_url)
+    return prediction, partial(_signed_load, prediction_id, base_url)
+
+
+def _signed_get(session: Session, prediction_id: str, base_url: str) -> PredictionOut:
+    log_format.prediction_id.set(prediction_id)
+    row = prediction_rows.get(session, id=prediction_id, owner_id=None)
+    if row is None:  # deleted with its owner
+        raise NotFound(f"No prediction {prediction_id!r}")
+    return predictions.to_out(row, base_url)
+
+
+def _signed_load(prediction_id: str, base_url: str) -> PredictionOut:
+    with session_scope() as session:
+        return _signed_get(session, prediction_id, base_url)
+
+
+def _sse(
+    entry_id: str, fields: dict[bytes, bytes], prediction_id: str
+) -> tuple[ServerSentEvent, Any]:
+    """Text goes out as is (one `data:` line per line); anything else as JSON. File URLs in an
+    output are signed, as in the prediction object."""
     event = fields[b"event"].decode()
     value = json.loads(fields[b"data"])
+    if event == "output":
+        value = get_url_signer().sign_files(value, prediction_id, time.time())
     data = value if isinstance(value, str) else json.dumps(value)
     return ServerSentEvent(data, event=event, id=entry_id), value if event == "output" else None
 
@@ -134,7 +183,7 @@ async def prediction_events(
                     return
                 one.shown = one.live
                 cursor = entry_id.decode()
-                event, output = _sse(cursor, fields)
+                event, output = _sse(cursor, fields, prediction.id)
                 if output is not None:
                     streamed.append(output)
                 yield event

@@ -32,11 +32,13 @@ def test_create_returns_the_replicate_shaped_object(client: TestClient, auth) ->
         "created_at", "started_at", "completed_at", "urls", "metrics",
     }  # fmt: skip
     assert prediction["source"] == "api" and prediction["data_removed"] is False
+    _, signed = prediction["urls"]["stream"].split("?")  # tests/api/test_signed_urls.py
     assert prediction["urls"] == {
         "get": f"http://testserver/v1/predictions/{prediction['id']}",
         "cancel": f"http://testserver/v1/predictions/{prediction['id']}/cancel",
-        "stream": f"http://testserver/v1/predictions/{prediction['id']}/stream",
+        "stream": f"http://testserver/v1/predictions/{prediction['id']}/stream?{signed}",
     }
+    assert signed.startswith("expires=") and "&signature=" in signed
     fetched = client.get(f"/v1/predictions/{prediction['id']}", headers=auth).json()
     assert fetched == prediction
 
@@ -44,7 +46,8 @@ def test_create_returns_the_replicate_shaped_object(client: TestClient, auth) ->
 def test_stream_true_from_replicates_clients_is_accepted(client: TestClient, auth) -> None:
     """`replicate.stream(...)` sends it; every prediction streams from `urls.stream` anyway."""
     prediction = create(client, auth, model=EMBED, input={"text": "hello"}, stream=True)
-    assert prediction["urls"]["stream"].endswith(f"/v1/predictions/{prediction['id']}/stream")
+    stream = prediction["urls"]["stream"].split("?")[0]
+    assert stream.endswith(f"/v1/predictions/{prediction['id']}/stream")
 
 
 def test_create_by_version_id(client: TestClient, auth) -> None:
