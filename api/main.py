@@ -16,6 +16,7 @@ from api.routes import account, auth, files, health, models, predictions, tokens
 from api.settings import get_api_settings
 from api.status_listener import status_listener
 from db.log_format import configure_logging
+from db.signed_urls import get_url_signer
 from db.webhook_guard import get_guard_settings
 
 
@@ -38,6 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
 def create_app() -> FastAPI:
     settings = get_api_settings()  # refuses to start on bad settings (the default secret...)
     get_guard_settings()  # a bad QUERN_WEBHOOK_ALLOWED_NETWORKS too, not a 500 per webhook
+    get_url_signer()  # and a bad QUERN_SIGNED_URL_*, not a 500 per prediction
     configure_logging(logging.INFO)  # JSON lines (QUERN_LOG_FORMAT), uvicorn's included
     app = FastAPI(
         title="Quern",

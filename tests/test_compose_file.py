@@ -34,9 +34,15 @@ WORKER_DOCKERFILE = ROOT / "workers" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # What an operator must provide (no default may stand in for a secret), and what they may.
-REQUIRED_VARS = {"QUERN_JWT_SECRET", "FLOWER_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+REQUIRED_VARS = {
+    "QUERN_JWT_SECRET",
+    "QUERN_SIGNED_URL_SECRET",
+    "FLOWER_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+}
 TEST_ENV = {
     "QUERN_JWT_SECRET": "compose-test-secret-0123456789abcdef0123456789",
+    "QUERN_SIGNED_URL_SECRET": "compose-test-url-secret-0123456789abcdef01234",
     "FLOWER_PASSWORD": "compose-test-flower-password",
     "GRAFANA_ADMIN_PASSWORD": "compose-test-grafana-password",
 }
@@ -245,6 +251,16 @@ def test_api_runs_in_production_with_the_operators_secret(
     assert environment["DATABASE_URL"].endswith("@postgres:5432/quern")
     assert environment["REDIS_URL"] == "redis://redis:6379/0"
     assert "QUERN_JWT_SECRET" not in services["worker"]["environment"]
+
+
+def test_the_api_and_the_workers_share_the_url_signing_secret(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The API checks the signed URLs that it and the webhooks workers (webhook bodies)
+    hand out."""
+    for name in ("api", "worker", "webhooks"):
+        environment = services[name]["environment"]
+        assert environment["QUERN_SIGNED_URL_SECRET"] == TEST_ENV["QUERN_SIGNED_URL_SECRET"]
 
 
 def test_flower_requires_auth(services: dict[str, dict[str, Any]]) -> None:
