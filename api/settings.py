@@ -4,7 +4,7 @@ from functools import lru_cache
 from typing import Literal
 
 from limits import parse
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_JWT_SECRET = "quern-development-secret-do-not-use-in-production"  # noqa: S105
@@ -48,6 +48,9 @@ class ApiSettings(BaseSettings):
     admins_publish_any_model: bool = False
     # Any string anywhere in a prediction's input (the version's schema may say less).
     max_input_string_chars: int = Field(default=100_000, ge=1)
+    # The operators' bearer token: /metrics and /ready's details (api/ops_access.py). Unset:
+    # only a client on this machine, not through a proxy, gets them.
+    metrics_token: SecretStr | None = None
 
     @field_validator(
         "rate_limit_write", "rate_limit_read", "rate_limit_auth", "rate_limit_signin_failures"
@@ -55,6 +58,18 @@ class ApiSettings(BaseSettings):
     @classmethod
     def parse_rate_limit(cls, value: str) -> str:
         parse(value)  # ValueError names the bad spec
+        return value
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def empty_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("QUERN_METRICS_TOKEN must be at least 16 characters")
         return value
 
     @model_validator(mode="after")

@@ -37,12 +37,14 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 REQUIRED_VARS = {
     "QUERN_JWT_SECRET",
     "QUERN_SIGNED_URL_SECRET",
+    "QUERN_METRICS_TOKEN",
     "FLOWER_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
 }
 TEST_ENV = {
     "QUERN_JWT_SECRET": "compose-test-secret-0123456789abcdef0123456789",
     "QUERN_SIGNED_URL_SECRET": "compose-test-url-secret-0123456789abcdef01234",
+    "QUERN_METRICS_TOKEN": "compose-test-metrics-token",
     "FLOWER_PASSWORD": "compose-test-flower-password",
     "GRAFANA_ADMIN_PASSWORD": "compose-test-grafana-password",
 }
@@ -248,6 +250,7 @@ def test_api_runs_in_production_with_the_operators_secret(
     environment = services["api"]["environment"]
     assert environment["QUERN_ENV"] == "production"
     assert environment["QUERN_JWT_SECRET"] == TEST_ENV["QUERN_JWT_SECRET"]
+    assert environment["QUERN_METRICS_TOKEN"] == TEST_ENV["QUERN_METRICS_TOKEN"]
     assert environment["DATABASE_URL"].endswith("@postgres:5432/quern")
     assert environment["REDIS_URL"] == "redis://redis:6379/0"
     assert "QUERN_JWT_SECRET" not in services["worker"]["environment"]

@@ -344,6 +344,25 @@ def test_prometheus_gets_flowers_credentials_as_files(services: dict[str, dict[s
     assert script.rstrip().endswith('exec /bin/prometheus "$@"')
 
 
+def test_prometheus_sends_the_apis_metrics_token_from_a_file(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The API answers /metrics only to QUERN_METRICS_TOKEN (api/ops_access.py): the same
+    variable reaches the API and, through the entrypoint, the file the api job reads."""
+    prometheus = services["prometheus"]
+    token = services["api"]["environment"]["QUERN_METRICS_TOKEN"]
+    assert prometheus["environment"]["QUERN_METRICS_TOKEN"] == token
+    (api_job,) = [
+        j for j in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"] if j["job_name"] == "api"
+    ]
+    auth = api_job["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    assert "credentials" not in auth and "bearer_token" not in api_job, "no token in the repo"
+    path = auth["credentials_file"]
+    assert f"printf '%s' \"$QUERN_METRICS_TOKEN\" > {path}" in prometheus["entrypoint"][2]
+    assert any(str(path).startswith(t.split(":")[0] + "/") for t in prometheus["tmpfs"])
+
+
 # --- ops/prometheus/prometheus.yml ---------------------------------------------------------
 
 

@@ -4,12 +4,14 @@ import time
 from collections.abc import Callable
 
 import redis
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from api import metrics
+from api.errors import PROBLEMS
+from api.ops_access import is_operator, require_operator
 from api.queue import get_client
 from api.settings import get_api_settings
 from db.session import session_scope
@@ -25,7 +27,7 @@ class Check(BaseModel):
 
 class Readiness(BaseModel):
     status: str  # "ready" or "not ready"
-    checks: dict[str, Check]
+    checks: dict[str, Check] | None = None  # operators only: error texts are internal
 
 
 @router.get("/health")
@@ -73,22 +75,30 @@ def _check(probe: Callable[[], str]) -> Check:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Some dependency is down"}},
 )
-def ready() -> JSONResponse:
-    """PostgreSQL and Redis reachable, and at least one worker answering: 200, else 503. Each
-    check reports on its own. Needs no token, like /health."""
+def ready(request: Request) -> JSONResponse:
+    """PostgreSQL and Redis reachable, and at least one worker answering: 200, else 503. Needs
+    no token, like /health; each check's own result (time, error) goes to operators only
+    (api/ops_access.py)."""
     checks = {"postgres": _check(_postgres), "redis": _check(_redis)}
     if checks["redis"].ok:  # without the broker, asking the workers could only hang
         checks["workers"] = _check(_workers)
     else:
         checks["workers"] = Check(ok=False, ms=0.0, detail="not asked: Redis is unreachable")
     ok = all(check.ok for check in checks.values())
-    body = Readiness(status="ready" if ok else "not ready", checks=checks)
-    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+    details = checks if is_operator(request) else None
+    body = Readiness(status="ready" if ok else "not ready", checks=details)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[Depends(require_operator)],
+    responses={200: {"content": {"text/plain": {}}}, 401: PROBLEMS[401], 403: PROBLEMS[403]},
+)
 def prometheus_metrics() -> Response:
     """Prometheus exposition: requests, latency, predictions created and canceled, queue depth
-    per model. Workers serve their own (batches, retries, load times) on their metrics port."""
+    per model. Operators only (api/ops_access.py). Workers serve their own (batches, retries,
+    load times) on their metrics port."""
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)

@@ -1,11 +1,39 @@
 """/metrics and /ready of the API process (in-process; the multi-process and fault cases start
-real processes in tests/test_ops_processes.py and tests/test_faults.py)."""
+real processes in tests/test_ops_processes.py and tests/test_faults.py), and who may read them.
+
+The in-process client's address is "testclient", never loopback: it is an operator only with
+the token, set on the settings object here.
+"""
 
 import re
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr, ValidationError
+from starlette.requests import HTTPConnection
+
+from api.ops_access import is_operator
+from api.settings import ApiSettings, get_api_settings
 
 BODY = {"model": "quern/all-minilm-l6-v2", "input": {"text": "count me"}}
+TOKEN = "ops-test-token-0123456789"
+
+
+@pytest.fixture
+def ops(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """QUERN_METRICS_TOKEN set; the headers Prometheus would send."""
+    monkeypatch.setattr(get_api_settings(), "metrics_token", SecretStr(TOKEN))
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def no_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(get_api_settings(), "metrics_token", None)
+
+
+def connection(host: str, *headers: tuple[str, str]) -> HTTPConnection:
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers]
+    return HTTPConnection({"type": "http", "client": (host, 50000), "headers": raw})
 
 
 def _value(text: str, name: str, **labels: str) -> float:
@@ -17,14 +45,14 @@ def _value(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_requests_by_route_predictions_and_queue_depth(
-    client: TestClient, auth
+    client: TestClient, auth, ops: dict[str, str]
 ) -> None:
-    before = client.get("/metrics").text
+    before = client.get("/metrics", headers=ops).text
     created = client.post("/v1/predictions", json=BODY, headers=auth).json()
     client.get(f"/v1/predictions/{created['id']}", headers=auth)
     client.post("/v1/predictions", json=BODY, headers=auth)
     client.post(f"/v1/predictions/{created['id']}/cancel", headers=auth)
-    after = client.get("/metrics")
+    after = client.get("/metrics", headers=ops)
     assert after.status_code == 200
     assert after.headers["content-type"].startswith("text/plain")
     text = after.text
@@ -53,15 +81,63 @@ def test_metrics_count_requests_by_route_predictions_and_queue_depth(
     assert _value(text, "quern_queue_depth", model=model) >= 1
 
 
-def test_metrics_need_no_token_and_unknown_routes_share_one_label(client: TestClient) -> None:
+def test_unknown_routes_share_one_label(client: TestClient, ops: dict[str, str]) -> None:
     client.get("/no/such/path/abc123")
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=ops).text
     assert 'route="unmatched"' in text and "abc123" not in text
 
 
-def test_ready_reports_each_dependency(client: TestClient) -> None:
-    # The in-process tests' broker database has no worker listening: not ready, and it says why.
+def test_metrics_need_the_token_when_one_is_set(
+    client: TestClient, auth: dict[str, str], ops: dict[str, str]
+) -> None:
+    for headers in ({}, auth, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN}):
+        response = client.get("/metrics", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "quern_" not in response.text
+    assert client.get("/metrics", headers={"Authorization": f"bearer  {TOKEN}"}).status_code == 200
+
+
+def test_without_a_token_metrics_are_refused_from_afar(client: TestClient, no_token: None) -> None:
+    response = client.get("/metrics")
+    assert response.status_code == 403
+    assert "QUERN_METRICS_TOKEN" in response.json()["detail"]
+
+
+def test_without_a_token_an_operator_is_local_and_not_proxied(no_token: None) -> None:
+    assert is_operator(connection("127.0.0.1"))
+    assert is_operator(connection("::1"))
+    assert not is_operator(connection("10.0.0.7"))
+    assert not is_operator(connection("testclient"))
+    # A reverse proxy on the same host: the client it forwards is anyone.
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+        assert not is_operator(connection("127.0.0.1", (header, "203.0.113.9")))
+
+
+def test_with_a_token_only_the_token_counts(ops: dict[str, str]) -> None:
+    assert not is_operator(connection("127.0.0.1"))
+    assert is_operator(connection("203.0.113.9", ("Authorization", ops["Authorization"])))
+    assert not is_operator(connection("127.0.0.1", ("Authorization", "Basic " + TOKEN)))
+
+
+def test_the_token_is_long_or_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUERN_METRICS_TOKEN", "short")
+    with pytest.raises(ValidationError, match="QUERN_METRICS_TOKEN"):
+        ApiSettings()
+    monkeypatch.setenv("QUERN_METRICS_TOKEN", "")
+    assert ApiSettings().metrics_token is None
+
+
+def test_ready_tells_the_public_only_ready_or_not(client: TestClient, no_token: None) -> None:
     response = client.get("/ready")
+    assert response.json() == {"status": "ready" if response.status_code == 200 else "not ready"}
+
+
+def test_ready_reports_each_dependency_to_operators(
+    client: TestClient, ops: dict[str, str]
+) -> None:
+    # The in-process tests' broker database has no worker listening: not ready, and it says why.
+    response = client.get("/ready", headers=ops)
     body = response.json()
     assert set(body["checks"]) == {"postgres", "redis", "workers"}
     assert body["checks"]["postgres"]["ok"] and body["checks"]["redis"]["ok"]
