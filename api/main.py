@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from api.database import open_pool
 from api.errors import install_error_handlers
+from api.memory import trimming
 from api.metrics import RequestMetrics
 from api.middleware import BodySizeLimit, RequestId
 from api.queue import Publisher
@@ -23,13 +24,15 @@ from db.webhook_guard import get_guard_settings
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     """The process's PostgreSQL pool, publisher thread and LISTEN connection; each request
-    finds the first two in `request.state`. At shutdown the publisher sends what is left."""
+    finds the first two in `request.state`. At shutdown the publisher sends what is left.
+    Meanwhile freed memory goes back to the OS now and then (api/memory.py)."""
     listener = status_listener()
     listener.start()
     pool = await open_pool()
     publisher = Publisher()
     try:
-        yield {"pool": pool, "publisher": publisher}
+        async with trimming(get_api_settings().malloc_trim_interval_s):
+            yield {"pool": pool, "publisher": publisher}
     finally:
         publisher.close()
         await pool.close()

@@ -51,6 +51,8 @@ class ApiSettings(BaseSettings):
     # The operators' bearer token: /metrics and /ready's details (api/ops_access.py). Unset:
     # only a client on this machine, not through a proxy, gets them.
     metrics_token: SecretStr | None = None
+    # Seconds between handing freed memory back to the OS (api/memory.py); 0: never.
+    malloc_trim_interval_s: float = Field(default=60.0, ge=0)
 
     @field_validator(
         "rate_limit_write", "rate_limit_read", "rate_limit_auth", "rate_limit_signin_failures"

@@ -291,6 +291,14 @@ def test_services_build_from_the_two_dockerfiles(services: dict[str, dict[str, A
     assert services["worker"]["build"]["args"]["TORCH_VARIANT"] == "cpu"
 
 
+def test_api_image_gives_memory_back_after_a_burst() -> None:
+    """Python's objects in glibc's heaps, which api/memory.py trims; two heaps, not one a
+    thread (README, "Memory")."""
+    (env,) = [line for line in instructions(API_DOCKERFILE).splitlines() if line.startswith("ENV")]
+    assert "PYTHONMALLOC=malloc" in env.split()
+    assert "MALLOC_ARENA_MAX=2" in env.split()
+
+
 def test_api_image_never_installs_torch_or_extras() -> None:
     text = instructions(API_DOCKERFILE)
     assert "torch" not in text.lower()
