@@ -56,7 +56,7 @@ def deliveries(live: LiveStack, prediction_id: str) -> list[dict[str, Any]]:
     def settled() -> bool:
         nonlocal results
         results = live.client.get(url, headers=live.headers).json()["results"]
-        return all(d["status"] not in ("pending", "delivering") for d in results)
+        return all(d["status"] not in ("waiting", "pending", "delivering") for d in results)
 
     wait_until(settled, 60, f"the webhooks of {prediction_id}")
     return results
@@ -99,8 +99,15 @@ def test_a_streamed_generation_sends_start_throttled_growing_output_then_complet
     assert done["status"] == "succeeded", done
     log = deliveries(live, done["id"])
     events = {d["id"]: d for d in log}
-    assert all(d["status"] == "succeeded" for d in log), log
-    got = receiver.wait_for("/stream", len(log), 60)
+    sent = [d for d in log if d["status"] == "succeeded"]
+    # An `output` or `logs` that a later one (or `completed`) superseded before it was sent
+    # is skipped: the last `logs`, written with `completed`, always is.
+    assert [d for d in log if d not in sent and d["event"] not in ("output", "logs")] == [], log
+    assert all(d["status"] == "skipped" for d in log if d not in sent), log
+    got = receiver.wait_for("/stream", len(sent), 60)
+    time.sleep(0.5)
+    # One at a time, in the order written: as the delivery log lists them.
+    assert [g.headers["webhook-id"] for g in receiver.at("/stream")] == [d["id"] for d in sent]
     bodies = [(events[g.headers["webhook-id"]]["event"], verified(secret, g), g) for g in got]
 
     start = [b for e, b, _ in bodies if e == "start"]
@@ -122,7 +129,7 @@ def test_a_streamed_generation_sends_start_throttled_growing_output_then_complet
         if d["event"] == "output"
     )
     texts = [verified(secret, next(g for g in got if g.headers["webhook-id"] == i))["output"]
-             for _, i in created]  # fmt: skip
+             for _, i in created if events[i] in sent]  # fmt: skip
     print(
         f"{len(chunks)} chunks, {len(outputs)} output webhooks; created "
         f"{gaps([t for t, _ in created])} s apart, arrived {gaps(sorted(at for _, at in outputs))}"
@@ -134,6 +141,29 @@ def test_a_streamed_generation_sends_start_throttled_growing_output_then_complet
         assert longer.startswith(shorter) and len(longer) > len(shorter)
     # The last may already hold the whole text, when the final chunk fell due.
     assert done["output"].startswith(texts[-1])
+
+
+def test_completed_waits_until_a_slow_receiver_has_answered_start(
+    live: LiveStack, receiver: Receiver, secret: str
+) -> None:
+    """The embedding completes while the receiver still answers `start` (2 s): `completed`
+    goes only then (it used to be sent at once, by another thread, and arrive first)."""
+    warm = live.client.post(
+        "/v1/predictions", json={"model": EMBED, "input": {"text": "warm"}}, headers=live.headers
+    )  # the model loaded, the prediction completes within the 2 s
+    wait_for_prediction(live.client, warm.json()["urls"]["get"], live.headers, timeout=300)
+    url = receiver.script("/slow-start", Answer(200, delay_s=2.0), Answer(200))
+    done = run(live, url, webhook_events_filter=["start", "completed"])
+    got = receiver.wait_for("/slow-start", 2, 60)
+    log = deliveries(live, done["id"])
+    assert [(d["event"], d["status"]) for d in log] == [
+        ("start", "succeeded"), ("completed", "succeeded")
+    ]  # fmt: skip
+    start, completed = log
+    assert completed["created_at"] < start["completed_at"]  # written while `start` was on
+    assert [verified(secret, g)["status"] for g in got] == ["processing", "succeeded"]
+    assert verified(secret, got[1]) == done
+    assert got[1].at - got[0].at >= 2.0
 
 
 def test_a_receiver_failing_three_times_gets_one_id_with_growing_delays_then_a_redelivery(

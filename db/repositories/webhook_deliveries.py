@@ -3,6 +3,14 @@
 `start` and `completed` rows come from a trigger on predictions (migration 0006); `output` and
 `logs` rows from the worker running the prediction. Like predictions, a delivery changes state
 only by conditional UPDATEs, so a duplicate message or a late worker is a no-op.
+
+A prediction's deliveries go one at a time, in the order they were written: migration 0008's
+triggers write a delivery `waiting` while another of its prediction is unfinished, and make the
+oldest waiting one `pending` when that one ends (succeeded, failed, stopped or skipped), so one
+waiting for a retry holds back the later ones. The dispatcher only ever sees `pending` ones:
+different predictions' deliveries go in parallel. A superseded `output` or `logs` delivery (a
+later one of the same event, or `completed`, was written) is `skipped` instead of sent or
+retried; `start` and `completed` never are.
 """
 
 from collections.abc import Callable
@@ -41,6 +49,8 @@ from db.tables import (
 
 PROGRESS_EVENTS = (WebhookEvent.OUTPUT, WebhookEvent.LOGS)
 LOST = "The worker was lost during this attempt"
+# Written by migration 0008's triggers on a skipped delivery.
+SUPERSEDED = "Skipped: a later event of the prediction says all it would have"
 
 
 def _row() -> ColumnElement[Any]:
@@ -154,6 +164,7 @@ def redeliver(session: Session, *, prediction_id: str) -> WebhookDelivery | None
     )
     session.add(copy)
     session.flush()
+    session.refresh(copy, ["status"])  # `waiting` if one is unfinished (migration 0008)
     return copy
 
 
@@ -239,9 +250,10 @@ def record_attempt(
     latency_ms: float,
     error: str | None,
     retry_in_s: float | None = None,
-) -> bool:
+) -> str | None:
     """Log the attempt's outcome and move the delivery to `status` (PENDING: retried in
-    `retry_in_s`), unless its lease lapsed and the attempt was taken back meanwhile."""
+    `retry_in_s`), unless its lease lapsed and the attempt was taken back meanwhile (None).
+    Returns the status written: a superseded `output` or `logs` is skipped, not retried."""
     session.execute(
         update(WebhookAttempt)
         .where(WebhookAttempt.delivery_id == claim.id, WebhookAttempt.number == claim.attempt)
@@ -257,7 +269,7 @@ def record_attempt(
         values["next_attempt_at"] = func.now() + seconds(retry_in_s or 0.0)
     else:
         values["completed_at"] = func.now()
-    result = session.execute(
+    return session.scalar(
         update(WebhookDelivery)
         .where(
             WebhookDelivery.id == claim.id,
@@ -265,8 +277,8 @@ def record_attempt(
             WebhookDelivery.attempts == claim.attempt,
         )
         .values(**values)
+        .returning(WebhookDelivery.status)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def take_back_lost(
@@ -275,7 +287,8 @@ def take_back_lost(
     """Deliveries whose worker died mid-attempt (the lease ran out). The lost attempt counts
     like a failed one: `retry_in_s(attempt, created_at)` (the workers' retry schedule) says
     when the next is due, or None: failed. Never due at once, so a receiver whose answer
-    kills the worker is not called again every lease. Returns (event, new status) of each."""
+    kills the worker is not called again every lease. Returns (event, new status) of each (a
+    superseded `output` or `logs` is skipped, not retried)."""
     lost = session.execute(
         select(
             WebhookDelivery.id,
@@ -304,7 +317,12 @@ def take_back_lost(
                 status=DeliveryStatus.PENDING, next_attempt_at=func.now() + seconds(wait_s)
             )
         # The row is locked (FOR UPDATE): a late record_attempt waits, then finds it taken back.
-        session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(values))
+        status = session.scalar(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == row.id)
+            .values(values)
+            .returning(WebhookDelivery.status)
+        )
         session.execute(
             update(WebhookAttempt)
             .where(
@@ -315,7 +333,7 @@ def take_back_lost(
             )
             .values(error=LOST)
         )
-        taken_back.append((row.event, str(values["status"])))
+        taken_back.append((row.event, str(status)))
     return taken_back
 
 

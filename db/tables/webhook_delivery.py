@@ -29,11 +29,16 @@ ALL_EVENTS = tuple(WebhookEvent)
 
 
 class DeliveryStatus(StrEnum):
+    """At most one delivery of a prediction is pending or delivering at a time; the later ones
+    wait for it to end (migration 0008's triggers)."""
+
+    WAITING = "waiting"  # for an earlier delivery of its prediction to end
     PENDING = "pending"  # waiting for its (next) attempt at next_attempt_at
     DELIVERING = "delivering"  # a worker holds it until lease_expires_at
     SUCCEEDED = "succeeded"  # the receiver answered 2xx
     FAILED = "failed"  # out of attempts (or past the retry horizon)
     STOPPED = "stopped"  # the receiver answered 410 Gone: never retried
+    SKIPPED = "skipped"  # an `output` or `logs` a later event supersedes: not sent (again)
 
 
 class WebhookDelivery(Base):
@@ -43,7 +48,9 @@ class WebhookDelivery(Base):
     __table_args__ = (
         CheckConstraint("event IN ('start', 'output', 'logs', 'completed')", name="event"),
         CheckConstraint(
-            "status IN ('pending', 'delivering', 'succeeded', 'failed', 'stopped')", name="status"
+            "status IN ('pending', 'delivering', 'succeeded', 'failed', 'stopped', 'waiting', "
+            "'skipped')",
+            name="status",
         ),
         Index("ix_webhook_deliveries_prediction_id_created_at", "prediction_id", "created_at"),
         # What the dispatcher publishes on every wake-up: due and not yet sent (tiny).
@@ -57,6 +64,15 @@ class WebhookDelivery(Base):
             "ix_webhook_deliveries_unfinished",
             "status",
             postgresql_where=text("status IN ('pending', 'delivering')"),
+        ),
+        # A prediction's unfinished deliveries in the order written, for migration 0008's
+        # triggers: is one on (then a new one waits), which waiting one is next.
+        Index(
+            "ix_webhook_deliveries_unfinished_prediction_id",
+            "prediction_id",
+            "created_at",
+            "id",
+            postgresql_where=text("status IN ('waiting', 'pending', 'delivering')"),
         ),
     )
 

@@ -1,19 +1,28 @@
 """Webhook deliveries are written in the transaction of the status change that causes them
 (migration 0006's trigger), on every path to a final status, and move only forward."""
 
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from db.prediction_object import from_snapshot, prediction_object, to_json
 from db.repositories import predictions, users, webhook_deliveries
 from db.repositories.predictions import UNFINISHED
+from db.repositories.webhook_deliveries import DeliveryClaim
 from db.session import session_scope
 from db.settings import get_database_settings
-from db.tables import DeliveryStatus, Prediction, PredictionStatus, WebhookDelivery
+from db.tables import (
+    DeliveryStatus,
+    Prediction,
+    PredictionStatus,
+    WebhookDelivery,
+    WebhookEvent,
+)
 from tests.helpers import create_version, new_username
 from workers.settings import get_worker_settings
 from workers.webhooks import dispatcher
@@ -203,3 +212,272 @@ def test_a_lost_attempt_counts_and_waits_out_the_usual_backoff() -> None:
     with session_scope() as session:
         row = session.get_one(WebhookDelivery, delivery.id)
         assert (row.status, row.attempts, row.completed_at is not None) == ("failed", 2, True)
+
+
+def take_due() -> set[str]:
+    """What the dispatcher would publish now (of every test's deliveries)."""
+    with session_scope() as session:
+        return set(webhook_deliveries.take_due(session, limit=10_000))
+
+
+def claim(delivery_id: str) -> DeliveryClaim:
+    """A worker takes the published delivery for an attempt."""
+    with session_scope() as session:
+        taken = webhook_deliveries.claim(session, id=delivery_id, lease_s=60)
+    assert taken is not None
+    return taken
+
+
+def record(
+    taken: DeliveryClaim, status: DeliveryStatus, retry_in_s: float | None = None
+) -> str | None:
+    """The outcome of the attempt; returns the status written."""
+    with session_scope() as session:
+        return webhook_deliveries.record_attempt(
+            session,
+            claim=taken,
+            status=status,
+            status_code=200 if status == DeliveryStatus.SUCCEEDED else 500,
+            latency_ms=1.0,
+            error=None,
+            retry_in_s=retry_in_s,
+        )
+
+
+def attempt(delivery_id: str, status: DeliveryStatus, retry_in_s: float | None = None) -> None:
+    assert record(claim(delivery_id), status, retry_in_s) == status
+
+
+def run(prediction_id: str) -> None:
+    with session_scope() as session:
+        predictions.claim(session, ids=[prediction_id], lease_s=60)
+
+
+def stream(prediction_id: str, output: str) -> str:
+    with session_scope() as session:
+        delivery_id = webhook_deliveries.add_streamed_output(
+            session, prediction_id=prediction_id, attempt=1, output=output
+        )
+    assert delivery_id is not None
+    return delivery_id
+
+
+def status_of(*delivery_ids: str) -> list[str]:
+    with session_scope() as session:
+        return [session.get_one(WebhookDelivery, id).status for id in delivery_ids]
+
+
+def the(prediction_id: str, event: str) -> str:
+    (delivery_id,) = [d.id for d in deliveries(prediction_id) if d.event == event]
+    return delivery_id
+
+
+def test_a_predictions_next_delivery_waits_until_the_one_before_ends() -> None:
+    """One at a time, in the order written, whatever holds the one before (a message out, an
+    attempt on); another prediction's deliveries go meanwhile."""
+    streamed, other = create(), create(["completed"])
+    run(streamed)
+    start, output = the(streamed, "start"), stream(streamed, "Once")
+    finish(other, PredictionStatus.SUCCEEDED, output="ok")
+    assert status_of(start, output) == ["pending", "waiting"]
+    due = take_due()
+    assert {start, the(other, "completed")} <= due and output not in due
+    taken = claim(start)
+    assert output not in take_due()
+    record(taken, DeliveryStatus.SUCCEEDED)
+    assert status_of(output) == ["pending"] and output in take_due()
+    taken = claim(output)
+    finish(streamed, PredictionStatus.SUCCEEDED, output="Once upon a time")
+    completed = the(streamed, "completed")
+    assert status_of(output, completed) == ["delivering", "waiting"]  # never overtaken
+    assert completed not in take_due()
+    record(taken, DeliveryStatus.SUCCEEDED)
+    assert completed in take_due()
+
+
+def test_a_delivery_waiting_for_its_retry_holds_back_the_next_until_it_ends() -> None:
+    prediction_id = create(["start", "completed"])
+    run(prediction_id)
+    finish(prediction_id, PredictionStatus.SUCCEEDED, output="ok")
+    start, completed = the(prediction_id, "start"), the(prediction_id, "completed")
+    assert start in take_due()
+    attempt(start, DeliveryStatus.PENDING, retry_in_s=60)
+    assert status_of(start, completed) == ["pending", "waiting"]
+    assert completed not in take_due()
+    with session_scope() as session:  # the dispatcher sleeps until a due one, never 0 s
+        wait_s = webhook_deliveries.seconds_until_due(session)
+    assert wait_s is None or wait_s > 0
+    with session_scope() as session:
+        session.get_one(WebhookDelivery, start).next_attempt_at = func.now()  # the backoff ends
+    assert take_due() & {start, completed} == {start}
+    attempt(start, DeliveryStatus.FAILED)  # out of attempts: the next goes all the same
+    assert completed in take_due()
+
+
+def test_superseded_progress_deliveries_are_skipped_never_start_or_completed() -> None:
+    prediction_id = create()
+    run(prediction_id)
+    start = the(prediction_id, "start")
+    first, second = stream(prediction_id, "O"), stream(prediction_id, "Once")
+    assert status_of(start, first, second) == ["pending", "skipped", "waiting"]
+    # The final transaction writes `completed`, then the last `logs` (workers/recording.py).
+    with session_scope() as session:
+        assert predictions.update_status(
+            session,
+            id=prediction_id,
+            from_statuses=UNFINISHED,
+            status=PredictionStatus.SUCCEEDED,
+            output="Once upon a time",
+        )
+        logs = webhook_deliveries.add_recorded(
+            session, prediction_id=prediction_id, event=WebhookEvent.LOGS
+        )
+    assert logs is not None
+    completed = the(prediction_id, "completed")
+    assert status_of(start, second, completed, logs) == ["pending", "skipped", "waiting", "skipped"]
+    attempt(start, DeliveryStatus.SUCCEEDED)
+    assert completed in take_due()
+    with session_scope() as session:
+        row = session.get_one(WebhookDelivery, second)
+        assert (row.last_error, row.attempts) == (webhook_deliveries.SUPERSEDED, 0)
+        assert row.completed_at is not None
+
+
+def test_a_superseded_progress_delivery_that_fails_is_skipped_not_retried() -> None:
+    prediction_id = create(["output", "completed"])
+    run(prediction_id)
+    first = stream(prediction_id, "O")
+    taken = claim(first)
+    second = stream(prediction_id, "Once")  # an attempt of `first` is on: it waits
+    assert status_of(first, second) == ["delivering", "waiting"]
+    assert record(taken, DeliveryStatus.PENDING, retry_in_s=60) == DeliveryStatus.SKIPPED
+    assert status_of(first, second) == ["skipped", "pending"]
+
+
+def test_without_completed_the_last_progress_delivery_is_sent() -> None:
+    """Only `completed` supersedes every progress delivery: a webhook that does not want it
+    still gets the last `output`, written with the final status."""
+    prediction_id = create(["output"])
+    run(prediction_id)
+    streamed = stream(prediction_id, "O")
+    with session_scope() as session:
+        assert predictions.update_status(
+            session,
+            id=prediction_id,
+            from_statuses=UNFINISHED,
+            status=PredictionStatus.SUCCEEDED,
+            output="Once",
+        )
+        last = webhook_deliveries.add_recorded(
+            session, prediction_id=prediction_id, event=WebhookEvent.OUTPUT
+        )
+    assert last is not None and last in take_due()
+    assert status_of(streamed, last) == ["skipped", "pending"]
+
+
+def test_the_end_of_a_delivery_wakes_the_dispatcher_only_when_another_waits() -> None:
+    waiting, alone = create(["start", "completed"]), create(["completed"])
+    run(waiting)
+    finish(waiting, PredictionStatus.SUCCEEDED, output="ok")
+    finish(alone, PredictionStatus.SUCCEEDED, output="ok")
+    start, only = the(waiting, "start"), the(alone, "completed")
+    assert {start, only} <= take_due()
+    with psycopg.connect(get_database_settings().libpq_url, autocommit=True) as listener:
+        listener.execute("LISTEN quern_webhook_deliveries")
+        attempt(only, DeliveryStatus.SUCCEEDED)
+        assert list(listener.notifies(timeout=0.3)) == []
+        attempt(start, DeliveryStatus.STOPPED)
+        assert len(list(listener.notifies(timeout=1, stop_after=1))) == 1
+    assert status_of(the(waiting, "completed")) == ["pending"]
+
+
+def in_thread(work: Callable[[], object]) -> threading.Thread:
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_delivery_ending_while_the_next_is_written_leaves_nothing_waiting() -> None:
+    """Each order of the two transactions: the later one waits for the earlier (a lock per
+    prediction), so the next is never left `waiting` with nothing before it."""
+    for written_first in (True, False):
+        prediction_id = create(["start", "completed"])
+        run(prediction_id)
+        start = the(prediction_id, "start")
+        taken = claim(start)
+
+        def end() -> None:
+            record(taken, DeliveryStatus.SUCCEEDED)  # noqa: B023
+
+        if written_first:  # the final transaction is open while `start` is answered
+            with session_scope() as session:
+                assert predictions.update_status(
+                    session,
+                    id=prediction_id,
+                    from_statuses=UNFINISHED,
+                    status=PredictionStatus.SUCCEEDED,
+                )
+                ender = in_thread(end)
+                time.sleep(0.3)
+                assert ender.is_alive()  # waits for the final transaction
+            ender.join(5)
+        else:  # `start`'s outcome is being recorded while the prediction completes
+            with session_scope() as session:
+                session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == start)
+                    .values(status=DeliveryStatus.SUCCEEDED)
+                )
+                writer = in_thread(lambda: finish(prediction_id, PredictionStatus.SUCCEEDED))  # noqa: B023
+                time.sleep(0.3)
+                assert writer.is_alive()
+            writer.join(5)
+        assert status_of(start, the(prediction_id, "completed")) == ["succeeded", "pending"]
+
+
+def test_a_streamed_output_that_raced_the_final_transaction_is_skipped() -> None:
+    """Its snapshot was read while the prediction ran; it is written once it has ended (the
+    worker's output thread and its final transaction). Even without `completed`, the final
+    `logs` is the last word."""
+    prediction_id = create(["output", "logs"])
+    run(prediction_id)
+    with session_scope() as session:
+        assert predictions.update_status(
+            session,
+            id=prediction_id,
+            from_statuses=UNFINISHED,
+            status=PredictionStatus.SUCCEEDED,
+            output="Once upon a time",
+        )
+        logs = webhook_deliveries.add_recorded(
+            session, prediction_id=prediction_id, event=WebhookEvent.LOGS
+        )
+    with session_scope() as session:
+        late = WebhookDelivery(
+            prediction_id=prediction_id,
+            event=WebhookEvent.OUTPUT,
+            url=HOOK,
+            snapshot={"status": "processing", "output": "Once"},
+        )
+        session.add(late)
+        session.flush()
+        late_id = late.id
+    assert logs is not None
+    assert status_of(logs, late_id) == ["pending", "skipped"]
+
+
+def test_a_redelivery_waits_for_the_unfinished_delivery_before_it() -> None:
+    prediction_id = create(["completed"])
+    finish(prediction_id, PredictionStatus.SUCCEEDED, output="ok")
+    completed = the(prediction_id, "completed")
+    with session_scope() as session:
+        copy = webhook_deliveries.redeliver(session, prediction_id=prediction_id)
+        assert copy is not None and copy.status == "waiting"
+        copy_id = copy.id
+    assert completed in take_due() and copy_id not in take_due()
+    attempt(completed, DeliveryStatus.PENDING, retry_in_s=60)
+    assert status_of(copy_id) == ["waiting"]
+    with session_scope() as session:
+        session.get_one(WebhookDelivery, completed).next_attempt_at = func.now()
+    attempt(completed, DeliveryStatus.SUCCEEDED)
+    assert copy_id in take_due()

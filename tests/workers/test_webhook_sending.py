@@ -2,15 +2,19 @@
 retry policy that follows it."""
 
 import ipaddress
+import itertools
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
 from db.repositories import predictions, users, webhook_deliveries
@@ -18,12 +22,13 @@ from db.repositories.predictions import UNFINISHED
 from db.repositories.webhook_deliveries import DeliveryClaim
 from db.repositories.webhook_secrets import new_secret
 from db.session import session_scope
+from db.settings import get_database_settings
 from db.tables import DeliveryStatus, PredictionStatus, WebhookDelivery
 from db.webhook_guard import get_guard_settings
 from tests.helpers import create_version, new_username
-from tests.webhook_receiver import Answer, Receiver, receiving
+from tests.webhook_receiver import Answer, Received, Receiver, receiving
 from workers.settings import WorkerSettings, get_worker_settings
-from workers.webhooks import sending
+from workers.webhooks import dispatcher, sending
 from workers.webhooks.delivery import deliver, next_step, retry_delay
 
 BODY = json.dumps({"id": "p1", "status": "succeeded", "output": "héllo"}, ensure_ascii=False)
@@ -123,23 +128,56 @@ def test_a_retry_after_that_is_neither_digits_nor_a_date_is_ignored(
     assert (result.status_code, result.retry_after_s) == (503, None)
 
 
-def test_an_attempt_with_a_garbage_retry_after_is_recorded_and_retried_later(
-    receiver: Receiver,
-) -> None:
-    url = receiver.script("/odd", Answer(503, {"retry-after": utf8("²")}))
+def create(webhook: str, events: list[str]) -> str:
+    """A `starting` prediction of a new user with this webhook."""
     with session_scope() as session:
         owner = users.create(session, username=new_username(), password_hash=None)
-        prediction_id = predictions.create(
+        return predictions.create(
             session,
             owner_id=owner.id,
             version_id=create_version(max_batch_size=1, max_batch_wait_ms=0),
             input={"text": "x"},
-            webhook=url,
-            webhook_events_filter=["completed"],
+            webhook=webhook,
+            webhook_events_filter=events,
         ).id
+
+
+def start(prediction_id: str) -> None:
+    """A worker takes it: `processing`, attempt 1 (the trigger writes `start`)."""
+    with session_scope() as session:
+        assert predictions.claim(session, ids=[prediction_id], lease_s=60)
+
+
+def output(prediction_id: str, so_far: str) -> None:
+    """A streamed `output` event, as the running worker writes it."""
+    with session_scope() as session:
+        assert webhook_deliveries.add_streamed_output(
+            session, prediction_id=prediction_id, attempt=1, output=so_far
+        )
+
+
+def finish(prediction_id: str, status: PredictionStatus = PredictionStatus.SUCCEEDED) -> None:
+    with session_scope() as session:
+        assert predictions.update_status(
+            session, id=prediction_id, from_statuses=UNFINISHED, status=status, output="done"
+        )
+
+
+def test_an_attempt_with_a_garbage_retry_after_is_recorded_and_retried_later(
+    receiver: Receiver,
+) -> None:
+    url = receiver.script("/odd", Answer(503, {"retry-after": utf8("²")}))
+    prediction_id = create(url, ["completed"])
     with session_scope() as session:
         assert predictions.update_status(
             session, id=prediction_id, from_statuses=UNFINISHED, status=PredictionStatus.CANCELED
+        )
+        # Published, as far as a dispatcher can tell: this test delivers it, not the live
+        # stack's webhooks worker (once a slow test has started it, it runs to the end).
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.prediction_id == prediction_id)
+            .values(enqueued_at=func.now())
         )
     with session_scope() as session:
         (delivery_id,) = session.scalars(
@@ -196,3 +234,123 @@ def test_each_retry_waits_longer_than_the_one_before_below_the_cap() -> None:
         waits = [retry_delay(attempt, 1.0, 1000) for attempt in range(1, 8)]
         assert waits == sorted(waits)
         assert all(0.75 * 2 ** (n - 1) <= w <= 2 ** (n - 1) for n, w in enumerate(waits, start=1))
+
+
+class InlineWorkers:
+    """Stands in for Redis and the webhooks workers' thread pool: each delivery the dispatcher
+    publishes is delivered at once in a thread of its own (any thread may take any message, as
+    in a webhooks worker). Deliveries of other tests' predictions are left alone."""
+
+    def __init__(self, prediction_ids: list[str]) -> None:
+        self.prediction_ids = set(prediction_ids)
+        self.threads: list[threading.Thread] = []
+
+    def send_task(self, name: str, args: list[str], queue: str) -> None:
+        with session_scope() as session:
+            delivery = session.get_one(WebhookDelivery, args[0])
+            if delivery.prediction_id not in self.prediction_ids:
+                return
+        thread = threading.Thread(target=deliver, args=args, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+
+@contextmanager
+def dispatching(*prediction_ids: str) -> Iterator[None]:
+    """The real dispatcher (NOTIFY-driven, its usual 5 s interval) publishing to InlineWorkers."""
+    settings = get_worker_settings().model_copy(update={"webhook_dispatch_interval_s": 5.0})
+    workers = InlineWorkers(list(prediction_ids))
+    stopping = threading.Event()
+    thread = threading.Thread(
+        target=dispatcher.run, args=(workers, settings, stopping), daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        with psycopg.connect(get_database_settings().libpq_url, autocommit=True) as conn:
+            conn.execute(f"NOTIFY {dispatcher.CHANNEL}")  # wakes it to see `stopping`
+        thread.join(10)
+        for worker in workers.threads:
+            worker.join(10)
+
+
+def events_of(got: list[Received]) -> list[str]:
+    """The event of each request received, from the delivery its webhook-id names."""
+    with session_scope() as session:
+        return [session.get_one(WebhookDelivery, g.headers["webhook-id"]).event for g in got]
+
+
+def statuses(prediction_id: str) -> list[tuple[str, str]]:
+    with session_scope() as session:
+        log = webhook_deliveries.list_for_prediction(session, prediction_id=prediction_id, limit=50)
+    return [(d.delivery.event, d.delivery.status) for d in log]
+
+
+def test_a_predictions_deliveries_go_one_at_a_time_in_the_order_written(
+    receiver: Receiver,
+) -> None:
+    """The receiver is slow to answer: `output` is written while `start` is being sent, and
+    the prediction completes while `output` is. Each waits until the one before is answered,
+    then goes at once (NOTIFY, not the dispatcher's 5 s interval)."""
+    url = receiver.script("/ordered", Answer(200, delay_s=1.0), Answer(200, delay_s=1.0), Answer())
+    prediction_id = create(url, ["start", "output", "completed"])
+    with dispatching(prediction_id):
+        start(prediction_id)
+        receiver.wait_for("/ordered", 1, 10)  # `start` is being answered, slowly
+        output(prediction_id, "Once")
+        receiver.wait_for("/ordered", 2, 10)  # and now `output`
+        finish(prediction_id)
+        got = receiver.wait_for("/ordered", 3, 10)
+        time.sleep(0.3)  # nothing else comes
+    assert len(receiver.at("/ordered")) == 3
+    assert events_of(got) == ["start", "output", "completed"]
+    assert json.loads(got[1].body)["output"] == "Once"
+    assert json.loads(got[2].body)["status"] == "succeeded"
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(got)]
+    assert all(1.0 <= gap < 2.0 for gap in gaps), gaps  # after the answer before, at once
+    assert statuses(prediction_id) == [
+        ("start", "succeeded"), ("output", "succeeded"), ("completed", "succeeded")
+    ]  # fmt: skip
+
+
+def test_a_retried_delivery_holds_back_the_next_and_superseded_progress_is_skipped(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`start` fails (slowly) and waits for its retry: the outputs written meanwhile are
+    superseded by `completed` and skipped; `completed` goes only after `start` succeeded."""
+    monkeypatch.setattr(get_worker_settings(), "webhook_retry_base_s", 0.3)
+    url = receiver.script("/retried", Answer(500, delay_s=0.5), Answer(200))
+    prediction_id = create(url, ["start", "output", "logs", "completed"])
+    with dispatching(prediction_id):
+        start(prediction_id)
+        receiver.wait_for("/retried", 1, 10)
+        output(prediction_id, "Once")
+        output(prediction_id, "Once upon")
+        finish(prediction_id)
+        got = receiver.wait_for("/retried", 3, 10)
+        time.sleep(0.3)
+    assert len(receiver.at("/retried")) == 3
+    assert events_of(got) == ["start", "start", "completed"]
+    assert got[1].at - got[0].at >= 0.5 + 0.3 * 0.75  # the answer, then the backoff
+    assert statuses(prediction_id) == [
+        ("start", "succeeded"), ("output", "skipped"), ("output", "skipped"),
+        ("completed", "succeeded"),
+    ]  # fmt: skip
+
+
+def test_a_slow_receiver_holds_up_only_its_own_predictions_webhooks(receiver: Receiver) -> None:
+    slow = create(receiver.script("/slow-one", Answer(200, delay_s=1.5)), ["start", "completed"])
+    fast = create(receiver.url("/fast-one"), ["start", "completed"])
+    with dispatching(slow, fast):
+        start(slow)
+        receiver.wait_for("/slow-one", 1, 10)
+        finish(slow)
+        start(fast)
+        finish(fast)
+        fast_got = receiver.wait_for("/fast-one", 2, 10)
+        slow_got = receiver.wait_for("/slow-one", 2, 10)
+    assert events_of(fast_got) == ["start", "completed"]
+    assert events_of(slow_got) == ["start", "completed"]
+    assert fast_got[1].at < slow_got[0].at + 1.5 <= slow_got[1].at

@@ -4,7 +4,9 @@ No database connection is held while the receiver is being called. The outcome: 
 succeeded; 410 stopped (never retried); anything else, or no answer, is retried later with
 exponential backoff and jitter (a 429's or 503's Retry-After may lengthen the wait), until the
 attempts or the horizon run out (failed). Retries wait in PostgreSQL (`next_attempt_at`),
-never in a Redis ETA message; the dispatcher publishes them when due.
+never in a Redis ETA message; the dispatcher publishes them when due. An `output` or `logs`
+that a later event of its prediction supersedes is skipped instead of retried (migration 0008),
+and the prediction's next delivery, which waited for this one, goes.
 """
 
 import logging
@@ -57,18 +59,18 @@ def _attempt(claim: DeliveryClaim, body: str, secret: str, settings: WorkerSetti
             error=result.error,
             retry_in_s=retry_in_s,
         )
-    if recorded:  # else the dispatcher took the attempt back as lost, and counted it
-        metrics.count_delivery(claim.event, status)
+    if recorded is not None:  # else the dispatcher took the attempt back as lost, and counted it
+        metrics.count_delivery(claim.event, recorded)
     metrics.WEBHOOK_SECONDS.labels(claim.event).observe(result.latency_ms / 1000)
-    outcome = "retried" if status == DeliveryStatus.PENDING else str(status)
+    retried = recorded == DeliveryStatus.PENDING
     log.info(
         "webhook %s %s attempt %d: %s (%s)%s",
         claim.event,
         claim.id,
         claim.attempt,
         result.error or f"HTTP {result.status_code}",
-        outcome,
-        "" if retry_in_s is None else f", next in {retry_in_s:.2f}s",
+        "retried" if retried else recorded or "taken back as lost",
+        f", next in {retry_in_s:.2f}s" if retried and retry_in_s is not None else "",
     )
 
 

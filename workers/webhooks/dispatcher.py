@@ -8,6 +8,12 @@ none. Every interval it also takes back deliveries whose worker died mid-attempt
 lapsed) and those whose message seems lost, or all of those waiting if Redis lost its data
 (workers/broker_memory.py). Several dispatchers are safe together: a delivery is marked as
 published under SKIP LOCKED.
+
+It publishes only `pending` deliveries, and PostgreSQL keeps at most one of each prediction
+pending or being sent (migration 0008): the later ones are `waiting`, and become pending (with
+a NOTIFY) when the one before ends. So a prediction's deliveries go one at a time, in order,
+while different predictions' go in parallel, and deliveries held back behind a dead receiver
+are never even looked at here.
 """
 
 import logging
