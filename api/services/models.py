@@ -8,6 +8,7 @@ from api.schemas.models import (
     ModelCreate,
     ModelOut,
     ModelPage,
+    ModelUpdate,
     VersionCreate,
     VersionOut,
     VersionPage,
@@ -79,16 +80,83 @@ def create_model(session: Session, owner: User, body: ModelCreate, base_url: str
     return to_out(ModelWithOwner(model, owner.username, None), base_url, run_count=0)
 
 
+def _owned(session: Session, owner: str, name: str, *, by: User, any_model: bool) -> ModelWithOwner:
+    """The model, if `by` may change it: its owner (or any admin when `any_model`,
+    QUERN_ADMINS_PUBLISH_ANY_MODEL). Anyone else is 403: models are public, so saying it
+    exists tells nothing."""
+    row = _find(session, owner, name)
+    if row.model.owner_id != by.id and not any_model:
+        raise Forbidden(f"Only {owner} may change {owner}/{name} and its versions")
+    return row
+
+
+def update_model(
+    session: Session,
+    owner: str,
+    name: str,
+    body: ModelUpdate,
+    base_url: str,
+    *,
+    by: User,
+    any_model: bool,
+) -> ModelOut:
+    """Only the fields the body gives change; a null link clears it, as does a null
+    description. `visibility` is public (the schema refuses private), so it is not stored."""
+    row = _owned(session, owner, name, by=by, any_model=any_model)
+    changes = body.model_dump(include=body.model_fields_set & {"description", *LINKS})
+    if "description" in changes and changes["description"] is None:
+        changes["description"] = ""
+    models.update(session, row.model, **changes)
+    return get_model(session, owner, name, base_url)
+
+
+def delete_model(session: Session, owner: str, name: str, *, by: User, any_model: bool) -> None:
+    """Only a model without versions: 409 otherwise (delete them first, each unused)."""
+    row = _owned(session, owner, name, by=by, any_model=any_model)
+    # Counted under the row lock: no version is added between the count and the delete.
+    models.lock(session, model_id=row.model.id)
+    versions = models.count_versions(session, model_id=row.model.id)
+    if versions:
+        raise Conflict(
+            f"{owner}/{name} has {versions} version{'s' if versions > 1 else ''}: delete "
+            f"{'them' if versions > 1 else 'it'} first (DELETE /v1/models/{owner}/{name}/"
+            "versions/{id}), then the model"
+        )
+    models.delete_model(session, model_id=row.model.id)
+    # API processes drop their cached `owner/name` → version once this commits.
+    cache_notices.announce(session, what=cache_notices.VERSIONS)
+
+
+def delete_version(
+    session: Session, owner: str, name: str, version_id: str, *, by: User, any_model: bool
+) -> None:
+    """Only a version no prediction uses: 409 otherwise. If it was the latest, the one
+    before it becomes the model's latest (or it has none)."""
+    row = _owned(session, owner, name, by=by, any_model=any_model)
+    version = _find_version(session, row, version_id)
+    refused = (
+        f"Version {version.id} of {owner}/{name} has predictions, which keep it: only a "
+        "version no prediction uses can be deleted"
+    )
+    if models.is_used(session, version_id=version.id):
+        raise Conflict(refused)
+    try:
+        with session.begin_nested():
+            models.delete_version(session, version_id=version.id)
+    except IntegrityError:  # a prediction of it was created meanwhile
+        raise Conflict(refused) from None
+    # API processes drop the cached version and `owner/name` → latest once this commits.
+    cache_notices.announce(session, what=cache_notices.VERSIONS)
+
+
 def create_version(
     session: Session, owner: str, name: str, body: VersionCreate, *, by: User, any_model: bool
 ) -> VersionOut:
     """The model's new latest version, published by its owner (or by any admin when
     `any_model`). Workers read it by id when its first prediction arrives, so it is served
     without restarting them."""
-    row = _find(session, owner, name)
-    if row.model.owner_id != by.id and not any_model:
-        # The new version becomes the latest for everyone who runs `owner/name`.
-        raise Forbidden(f"Only {owner} may publish versions of {owner}/{name}")
+    # The new version becomes the latest for everyone who runs `owner/name`.
+    row = _owned(session, owner, name, by=by, any_model=any_model)
     version = models.create_version(session, model_id=row.model.id, **body.model_dump())
     # API processes drop their cached `owner/name` → latest version once this commits.
     cache_notices.announce(session, what=cache_notices.VERSIONS)
@@ -103,9 +171,14 @@ def list_versions(session: Session, owner: str, name: str) -> VersionPage:
     )
 
 
-def get_version(session: Session, owner: str, name: str, version_id: str) -> VersionOut:
-    row = _find(session, owner, name)
+def _find_version(session: Session, row: ModelWithOwner, version_id: str) -> ModelVersion:
     version = session.get(ModelVersion, version_id) if is_id(version_id) else None
     if version is None or version.model_id != row.model.id:
-        raise NotFound(f"No version {version_id} of {owner}/{name}")
-    return VersionOut.model_validate(version)
+        raise NotFound(f"No version {version_id} of {row.ref}")
+    return version
+
+
+def get_version(session: Session, owner: str, name: str, version_id: str) -> VersionOut:
+    return VersionOut.model_validate(
+        _find_version(session, _find(session, owner, name), version_id)
+    )

@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
@@ -132,19 +133,24 @@ async def create(
     version = await versions.resolve(cache, body)
     validated = validate_input(version.validator, body.input, settings.max_input_string_chars)
     prediction_id = prediction_id or new_id()
-    async with database.connection(pool) as conn:
-        created = await predictions_async.create_within_limits(
-            conn,
-            id=prediction_id,
-            owner_id=user.id,
-            version_id=version.id,
-            input=validated,
-            deadline=deadline,
-            webhook=body.webhook,
-            webhook_events_filter=events,
-            version_limit=settings.max_queued_per_version,
-            owner_limit=settings.max_in_flight_per_user,
-        )
+    try:
+        async with database.connection(pool) as conn:
+            created = await predictions_async.create_within_limits(
+                conn,
+                id=prediction_id,
+                owner_id=user.id,
+                version_id=version.id,
+                input=validated,
+                deadline=deadline,
+                webhook=body.webhook,
+                webhook_events_filter=events,
+                version_limit=settings.max_queued_per_version,
+                owner_limit=settings.max_in_flight_per_user,
+            )
+    except psycopg.errors.ForeignKeyViolation:
+        # The version was deleted after this process cached it, before it heard the notice.
+        cache.clear()
+        raise versions.missing(body) from None
     if created.created_at is None:
         _refuse(created.backlog, version.model_ref, settings)
     log_format.prediction_id.set(prediction_id)

@@ -40,24 +40,30 @@ def _load(body: PredictionCreate) -> Version:
         return load(session, body)
 
 
+def missing(body: PredictionCreate, reason: str = "No such model") -> Unprocessable:
+    """The 422 for a version (or model) that does not exist, or no longer does."""
+    if body.version is not None:
+        return Unprocessable(
+            f"No model version {body.version!r}",
+            invalid_fields=[{"field": "version", "message": "No such model version"}],
+        )
+    return Unprocessable(
+        f"{reason}: {body.model!r}", invalid_fields=[{"field": "model", "message": reason}]
+    )
+
+
 def load(session: Session, body: PredictionCreate) -> Version:
     if body.version is not None:
         row = models.get_version(session, id=body.version)
         if row is None:
-            raise Unprocessable(
-                f"No model version {body.version!r}",
-                invalid_fields=[{"field": "version", "message": "No such model version"}],
-            )
+            raise missing(body)
         version, model_ref = row
     else:
         assert body.model is not None
         owner, _, name = body.model.partition("/")
         model = models.get(session, owner=owner, name=name)
         if model is None or model.latest_version is None:
-            reason = "No such model" if model is None else "Model has no versions"
-            raise Unprocessable(
-                f"{reason}: {body.model!r}", invalid_fields=[{"field": "model", "message": reason}]
-            )
+            raise missing(body, "No such model" if model is None else "Model has no versions")
         version, model_ref = model.latest_version, model.ref
     validator = input_validator(version.input_schema)
     return Version(version.id, version.hardware, model_ref, validator)

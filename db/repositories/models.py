@@ -4,7 +4,7 @@ import builtins
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db.tables import Model, ModelVersion, Prediction, User
@@ -101,6 +101,45 @@ def create(
     session.add(model)
     session.flush()
     return model
+
+
+def update(session: Session, model: Model, **fields: str | None) -> Model:
+    """`fields`: description, github_url, paper_url, license_url, cover_image_url."""
+    for field, value in fields.items():
+        setattr(model, field, value)
+    session.flush()
+    return model
+
+
+def lock(session: Session, *, model_id: str) -> None:
+    """Hold the model's row until commit: a version being added to it (whose foreign key
+    check shares the row) finishes first, and none can be added meanwhile."""
+    session.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+
+
+def count_versions(session: Session, *, model_id: str) -> int:
+    return (
+        session.scalar(
+            select(func.count()).select_from(ModelVersion).where(ModelVersion.model_id == model_id)
+        )
+        or 0
+    )
+
+
+def delete_model(session: Session, *, model_id: str) -> None:
+    session.execute(delete(Model).where(Model.id == model_id))
+
+
+def is_used(session: Session, *, version_id: str) -> bool:
+    """Whether any prediction runs (or ran) the version."""
+    used = select(Prediction.id).where(Prediction.version_id == version_id).exists()
+    return bool(session.scalar(select(used)))
+
+
+def delete_version(session: Session, *, version_id: str) -> None:
+    """IntegrityError if a prediction uses it (the foreign key restricts), even one created
+    after the caller counted them."""
+    session.execute(delete(ModelVersion).where(ModelVersion.id == version_id))
 
 
 def create_version(

@@ -83,3 +83,22 @@ def test_a_new_version_is_run_by_every_process_from_the_next_create(
     assert other.post("/v1/predictions", json=body, headers=auth).json()["version"] == first
     added = client.post(f"/v1/models/{model}/versions", json=VERSION, headers=admin).json()
     assert other.post("/v1/predictions", json=body, headers=auth).json()["version"] == added["id"]
+
+
+def test_a_deleted_version_is_forgotten_by_every_process_from_the_next_create(
+    client: TestClient, auth: dict[str, str], other: httpx.Client
+) -> None:
+    admin = register_admin(client)
+    model = new_model(client, admin)
+    first = client.get(f"/v1/models/{model}", headers=auth).json()["latest_version"]["id"]
+    added = client.post(f"/v1/models/{model}/versions", json=VERSION, headers=admin).json()["id"]
+    # The other process caches `model` -> `added`, and `added` by id (the input is checked
+    # after the version is resolved, so nothing is created).
+    for body in ({"model": model}, {"version": added}):
+        refused = other.post("/v1/predictions", json=body | {"input": {}}, headers=auth)
+        assert_problem(refused, 422, "input.text")
+    assert client.delete(f"/v1/models/{model}/versions/{added}", headers=admin).status_code == 204
+    body = {"model": model, "input": {"text": "x"}}
+    assert other.post("/v1/predictions", json=body, headers=auth).json()["version"] == first
+    gone = {"version": added, "input": {"text": "x"}}
+    assert_problem(other.post("/v1/predictions", json=gone, headers=auth), 422, "version")
