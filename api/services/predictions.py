@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from api import database, metrics
+from api.backlog import headroom
 from api.cache import Cache
 from api.deps import Transaction, owner_scope
 from api.errors import (
@@ -133,6 +134,9 @@ async def create(
     version = await versions.resolve(cache, body)
     validated = validate_input(version.validator, body.input, settings.max_input_string_chars)
     prediction_id = prediction_id or new_id()
+    queue_key, owner_key = f"queued:{version.id}", f"in-flight:{user.id}"
+    version_scan = headroom.scan_limit(queue_key, settings.max_queued_per_version)
+    owner_scan = headroom.scan_limit(owner_key, settings.max_in_flight_per_user)
     try:
         async with database.connection(pool) as conn:
             created = await predictions_async.create_within_limits(
@@ -146,11 +150,17 @@ async def create(
                 webhook_events_filter=events,
                 version_limit=settings.max_queued_per_version,
                 owner_limit=settings.max_in_flight_per_user,
+                version_scan=version_scan,
+                owner_scan=owner_scan,
             )
     except psycopg.errors.ForeignKeyViolation:
         # The version was deleted after this process cached it, before it heard the notice.
         cache.clear()
         raise versions.missing(body) from None
+    if version_scan:
+        headroom.counted(queue_key, created.backlog.queued_for_version)
+    if owner_scan:
+        headroom.counted(owner_key, created.backlog.unfinished_for_owner)
     if created.created_at is None:
         _refuse(created.backlog, version.model_ref, settings)
     log_format.prediction_id.set(prediction_id)

@@ -1,8 +1,9 @@
 """Creating a prediction on the API's hot path: one statement on an autocommit psycopg
 connection, so it is one round trip and durable when it returns.
 
-The statement counts the backlog (each count only up to its limit, cheap at any depth) and
-inserts the row only when both counts are under their limits. Like the two-step check of the
+The statement counts the backlog (each count only up to its scan limit: the limit itself, or
+0 where the caller knows there is room, api/backlog.py) and inserts the row only when both
+counts are under their limits. Like the two-step check of the
 Idempotency-Key path (`backlog`, then `create`), it takes no lock: concurrent creates may
 overshoot a limit by a few.
 """
@@ -22,13 +23,13 @@ WITH queued AS (
     SELECT count(*) AS n FROM (
         SELECT 1 FROM predictions
         WHERE version_id = %(version_id)s AND status = 'starting'
-        LIMIT %(version_limit)s
+        LIMIT %(version_scan)s
     ) AS rows
 ), in_flight AS (
     SELECT count(*) AS n FROM (
         SELECT 1 FROM predictions
         WHERE owner_id = %(owner_id)s AND status IN ('starting', 'processing')
-        LIMIT %(owner_limit)s
+        LIMIT %(owner_scan)s
     ) AS rows
 ), inserted AS (
     INSERT INTO predictions (
@@ -66,7 +67,10 @@ async def create_within_limits(
     webhook_events_filter: list[str] | None,
     version_limit: int,
     owner_limit: int,
+    version_scan: int | None = None,
+    owner_scan: int | None = None,
 ) -> Created:
+    """Scans default to the limits (exact counts); 0 skips a count (it reads as 0)."""
     cursor = await conn.execute(
         _CREATE_WITHIN_LIMITS,
         {
@@ -79,6 +83,8 @@ async def create_within_limits(
             "webhook_events_filter": webhook_events_filter,
             "version_limit": version_limit,
             "owner_limit": owner_limit,
+            "version_scan": version_limit if version_scan is None else version_scan,
+            "owner_scan": owner_limit if owner_scan is None else owner_scan,
         },
     )
     row = await cursor.fetchone()
