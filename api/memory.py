@@ -4,7 +4,7 @@ A burst (1,000 concurrent `Prefer: wait` creates) leaves an API process about 45
 it stays so: glibc keeps freed blocks in its heaps for reuse, and CPython keeps each 1 MiB arena
 of small objects while any object in it lives. It is a high-water mark, not a leak (the next
 burst reuses it). glibc's `malloc_trim(0)` returns its heaps' free pages; CPython's arenas it
-cannot touch, so the API image also sets PYTHONMALLOC=malloc (README, "Memory"). The trim runs
+cannot touch (unless PYTHONMALLOC=malloc, an opt-in: README, "Memory"). The trim runs
 in a thread every QUERN_MALLOC_TRIM_INTERVAL_S: ctypes releases the GIL, so the event loop goes
 on answering meanwhile.
 """

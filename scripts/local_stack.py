@@ -286,7 +286,9 @@ def main() -> None:
             "webhooks worker", partial(celery_worker, "webhooks", "webhooks", env)
         )
         api_process = subprocess.Popen(
-            [sys.executable, *api_command(options.port)], cwd=ROOT, env=env
+            [sys.executable, *api_command(options.port)],
+            cwd=ROOT,
+            env=env | {"MALLOC_ARENA_MAX": "2"},  # as the API image: README, "Memory"
         )
         api = supervisor.essential("API", api_process)
 
