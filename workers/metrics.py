@@ -52,7 +52,8 @@ RETRIES = Counter(
 WEBHOOK_DELIVERIES = Counter(
     "quern_webhook_deliveries_total",
     "Webhook delivery attempts by event and outcome: succeeded, retried (tried again later), "
-    "failed (out of attempts) or stopped (the receiver answered 410).",
+    "failed (out of attempts), stopped (the receiver answered 410) or skipped (a progress event "
+    "superseded by a later one).",
     ["event", "outcome"],
 )
 WEBHOOK_SECONDS = Histogram(

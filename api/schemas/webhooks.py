@@ -20,8 +20,10 @@ class WebhookDeliveryOut(ResponseBody):
     event: str = Field(description="`start`, `output`, `logs` or `completed`.")
     url: str
     status: str = Field(
-        description="`pending` (next attempt at `next_attempt_at`), `delivering`, `succeeded` "
-        "(2xx), `failed` (out of attempts) or `stopped` (the receiver answered 410)."
+        description="`waiting` (behind an earlier delivery of the same prediction: they go one "
+        "at a time, in order), `pending` (next attempt at `next_attempt_at`), `delivering`, "
+        "`succeeded` (2xx), `failed` (out of attempts), `stopped` (the receiver answered 410) or "
+        "`skipped` (an `output` or `logs` event superseded by a later one before it was sent)."
     )
     created_at: datetime
     next_attempt_at: datetime
