@@ -1,11 +1,13 @@
 """API settings, read from the environment (QUERN_*, plus REDIS_URL)."""
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from limits import parse
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.secret_setting import EMPTY_IS_UNSET, at_least
 
 DEVELOPMENT_JWT_SECRET = "quern-development-secret-do-not-use-in-production"  # noqa: S105
 
@@ -51,7 +53,9 @@ class ApiSettings(BaseSettings):
     max_input_string_chars: int = Field(default=100_000, ge=1)
     # The operators' bearer token: /metrics and /ready's details (api/ops_access.py). Unset:
     # only a client on this machine, not through a proxy, gets them.
-    metrics_token: SecretStr | None = None
+    metrics_token: Annotated[
+        SecretStr | None, EMPTY_IS_UNSET, at_least("QUERN_METRICS_TOKEN", 16)
+    ] = None
     # Seconds between handing freed memory back to the OS (api/memory.py); 0: never.
     malloc_trim_interval_s: float = Field(default=60.0, ge=0)
 
@@ -61,18 +65,6 @@ class ApiSettings(BaseSettings):
     @classmethod
     def parse_rate_limit(cls, value: str) -> str:
         parse(value)  # ValueError names the bad spec
-        return value
-
-    @field_validator("metrics_token", mode="before")
-    @classmethod
-    def empty_token_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
-    @field_validator("metrics_token")
-    @classmethod
-    def long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("QUERN_METRICS_TOKEN must be at least 16 characters")
         return value
 
     @model_validator(mode="after")

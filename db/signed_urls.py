@@ -33,10 +33,12 @@ import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.secret_setting import EMPTY_IS_UNSET, at_least
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +58,12 @@ class SignedUrlSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUERN_SIGNED_URL_", extra="ignore")
 
     # The API and every worker that sends webhooks must share it. Unset: no signed URLs.
-    secret: SecretStr | None = None
+    secret: Annotated[
+        SecretStr | None, EMPTY_IS_UNSET, at_least("QUERN_SIGNED_URL_SECRET", MIN_SECRET_CHARS)
+    ] = None
     # How long a signed URL works at least (then up to an hour more, see above).
     file_ttl_s: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
     stream_ttl_s: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
-
-    @field_validator("secret", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
-    @field_validator("secret")
-    @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
-            raise ValueError(
-                f"QUERN_SIGNED_URL_SECRET must be at least {MIN_SECRET_CHARS} characters"
-            )
-        return value
 
 
 @dataclass(frozen=True)
