@@ -6,14 +6,17 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 import replicate
 from replicate.exceptions import ReplicateError
 from replicate.pagination import paginate
 from replicate.stream import ServerSentEvent
+from replicate.webhook import WebhookValidationError
 
 from tests.helpers import create_version, new_username, register_admin, register_and_login
 from tests.live import LiveStack
+from tests.webhook_receiver import Answer, receiving
 
 pytestmark = pytest.mark.slow
 
@@ -240,3 +243,33 @@ def test_errors_raise_replicate_error_with_the_status(
     raises_status(404, lambda: client.run("quern/no-such-model", input={}))
     error = raises_status(422, lambda: client.run(EMBEDDINGS, input={"text": ""}))
     assert "input.text" in (error.detail or "")
+
+
+def test_run_an_image_model_returns_file_urls_that_open_without_a_token(
+    client: replicate.Client,
+) -> None:
+    """Over http the client hands file URLs back as strings (it wraps only https: and data:
+    URLs); they are signed, so the PNG opens as any Replicate file URL does."""
+    image = {"prompt": "a red barn", "width": 64, "num_outputs": 1, "seed": 3}
+    (url,) = client.run("quern/tiny-stable-diffusion", input=image, wait=60)
+    fetched = httpx.get(str(url), timeout=30)
+    assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
+
+
+def test_a_webhook_quern_sent_passes_the_clients_own_validator(
+    live: LiveStack, client: replicate.Client
+) -> None:
+    secret = client.webhooks.default.secret()
+    with receiving() as receiver:
+        url = receiver.script("/hook", Answer(200))
+        client.predictions.create(
+            model=EMBEDDINGS,
+            input={"text": "signed"},
+            webhook=url,
+            webhook_events_filter=["completed"],
+        )
+        (received,) = receiver.wait_for("/hook", 1, 120)
+    body = received.body.decode()
+    client.webhooks.validate(headers=received.headers, body=body, secret=secret)  # raises if not
+    with pytest.raises(WebhookValidationError):
+        client.webhooks.validate(headers=received.headers, body=body + " ", secret=secret)
