@@ -58,8 +58,11 @@ app.conf.update(
     # Without this, late-ack tasks run twice after a broker connection loss.
     worker_cancel_long_running_tasks_on_connection_loss=True,
     broker_connection_retry_on_startup=True,
-    # On SIGTERM, give running batches this long to finish and be recorded before the cold
-    # shutdown; whatever is left unacked is redelivered (and the sweeper covers the rest).
+    # On a cold shutdown (SIGQUIT, or a second SIGTERM), give running batches this long to
+    # finish and be recorded. A first SIGTERM is Celery's warm shutdown, which waits for every
+    # running task however long: the orchestrator's grace period (compose's stop_grace_period,
+    # Kubernetes' terminationGracePeriodSeconds) bounds it. Whatever is left unacked when the
+    # process ends is sent again by the sweeper (workers/orphans.py).
     worker_soft_shutdown_timeout=30.0,
     # PostgreSQL holds outputs; Celery results would be a second, stale copy.
     task_ignore_result=True,
