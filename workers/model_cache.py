@@ -17,7 +17,6 @@ takes its result (or, if that load failed, tries itself).
 
 import gc
 import logging
-import os
 import sys
 import threading
 from collections import OrderedDict
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.base import is_out_of_memory
-from workers import metrics
+from workers import container, metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +64,13 @@ def tensor_bytes(obj: Any) -> int:
 
 
 def default_budget_bytes(device: str) -> int:
-    """Half the machine's memory on CPU; 80% of the GPU's memory on CUDA."""
+    """Half the memory on CPU (the container's limit, if lower than the machine's); 80% of the
+    GPU's memory on CUDA."""
     if device.startswith("cuda"):
         import torch
 
         return int(torch.cuda.mem_get_info()[1] * 0.8)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    return container.memory_bytes() // 2
 
 
 class ModelCache:

@@ -23,7 +23,7 @@ from db.session import session_scope
 from db.tables import Hardware, ModelVersion
 from models import registry, weights
 from models.base import PredictionError
-from workers import metrics, sweeper
+from workers import container, metrics, sweeper
 from workers.batcher import Batcher
 from workers.batches import run_batch
 from workers.contract import WEBHOOKS_QUEUE
@@ -145,6 +145,8 @@ class WorkerRuntime:
         key = (version.model_type, version.predictor, version.weights, device)
 
         def load() -> CachedModel:
+            if device == "cpu":
+                container.fit_torch_threads()
             started = time.perf_counter()
             predictor = registry.create(
                 version.model_type, weights.resolve(version.weights), device, version.predictor
