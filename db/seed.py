@@ -59,7 +59,28 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
             "input_schema": {
                 "type": "object",
                 "properties": {
-                    "prompt": {"type": "string", "minLength": 1, "maxLength": 8000},
+                    "prompt": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 8000,
+                        "description": "One user message. Give this or `messages`.",
+                    },
+                    "messages": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 256,
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "role": {"enum": ["system", "user", "assistant"]},
+                                "content": {"type": "string", "maxLength": 8000},
+                            },
+                            "required": ["role", "content"],
+                            "additionalProperties": False,
+                        },
+                        "description": "A chat, rendered with the model's chat template (the "
+                        "prompt in all at most 2,048 tokens). Give this or `prompt`.",
+                    },
                     "max_new_tokens": {
                         "type": "integer",
                         "minimum": 1,
@@ -74,8 +95,15 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
                         "default": 0.9,
                     },
                     "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                    "stop": {
+                        "type": "array",
+                        "maxItems": 4,
+                        "items": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "description": "Up to 4 sequences where generation stops; the output "
+                        "ends before the first to appear.",
+                    },
                 },
-                "required": ["prompt"],
+                "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
                 "additionalProperties": False,
             },
         },

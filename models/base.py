@@ -16,7 +16,8 @@ class Predictor(Protocol):
     model refuses gets a `PredictionError` in its place, so it fails without its batch.
     An output may hold `FileOutput`s anywhere (alone, in lists or dicts): the worker stores
     each one and puts its URL in its place. An output may be a numpy array (an embedding):
-    written as JSON in C, float32 values in their shortest exact form."""
+    written as JSON in C, float32 values in their shortest exact form. An output wrapped in
+    `Metered` adds its own measurements to the prediction's metrics."""
 
     def __init__(self, weights: Path, device: str) -> None:
         """`weights`: the version's files on this machine. `device`: "cuda" (the process's one
@@ -36,6 +37,17 @@ class FileOutput:
 
     data: bytes
     content_type: str  # e.g. image/png
+
+
+@dataclass(frozen=True)
+class Metered:
+    """One input's output with what the model measured of it, which goes into the prediction's
+    `metrics` beside `predict_time` and `batch_size` (which it cannot replace). Replicate's names
+    for language models: `input_token_count` (the prompt's tokens, as the model read it) and
+    `output_token_count` (the tokens it generated)."""
+
+    output: Any
+    metrics: Mapping[str, int | float]
 
 
 class PredictionError(Exception):

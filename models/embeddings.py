@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from models.base import Metered
+
 MAX_TOKENS = (
     256  # the model's max_seq_length; longer text is truncated, as sentence-transformers does
 )
@@ -34,6 +36,13 @@ class EmbeddingsPredictor:
         mask = encoded["attention_mask"].unsqueeze(-1).to(token_embeddings.dtype)
         pooled = (token_embeddings * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         normalized = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        # The tokens each text was embedded from (its special tokens included; a text cut at
+        # MAX_TOKENS counts MAX_TOKENS): what OpenAI's embeddings `usage` reports.
+        counts = encoded["attention_mask"].sum(dim=1).tolist()
         # float32 rows as numpy arrays: the worker writes them as JSON in C, each value in its
         # shortest exact float32 form (about 9 digits, where a Python float takes 17).
-        return list(normalized.float().cpu().numpy())
+        rows = normalized.float().cpu().numpy()
+        return [
+            Metered(row, {"input_token_count": int(count)})
+            for row, count in zip(rows, counts, strict=True)
+        ]

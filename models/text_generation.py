@@ -2,6 +2,12 @@
 
 A GGUF file is dequantised once (~30 s on 2 cores) and the result cached as safetensors,
 so every later load in any process takes well under a second.
+
+An input is a `prompt` (one user message) or a chat's `messages`, either way rendered with the
+tokenizer's own chat template. `stop` sequences end a row where one first appears (the output
+ends before it). Each output comes with Replicate's `input_token_count` (the rendered prompt's
+tokens) and `output_token_count` (the tokens generated for it: up to the end-of-sequence token,
+which is not counted, or through the token that completed a stop sequence).
 """
 
 import hashlib
@@ -14,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from models.base import PredictionError, emit_outputs, stop_requested
+from models.base import Metered, PredictionError, emit_outputs, stop_requested
 from models.weights import build_once, cache_dir
 
 log = logging.getLogger(__name__)
@@ -67,41 +73,47 @@ class TextGenerationPredictor:
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
         outputs: list[Any] = [None] * len(inputs)
+        lengths = [0] * len(inputs)
         groups: dict[tuple[Any, ...], list[int]] = {}
-        prompts = [self._chat_prompt(item["prompt"]) for item in inputs]
+        prompts = [self._chat_prompt(item) for item in inputs]
         for index, item in enumerate(inputs):
             length = len(self.tokenizer(prompts[index], add_special_tokens=False)["input_ids"])
+            lengths[index] = length
             if length > MAX_PROMPT_TOKENS:
-                outputs[index] = PredictionError(
-                    f"The prompt is {length} tokens long; the limit is {MAX_PROMPT_TOKENS}"
-                )
+                outputs[index] = PredictionError(prompt_too_long(length))
             else:
                 groups.setdefault(generation_key(item), []).append(index)
         for indices in groups.values():
-            texts = self._generate([prompts[i] for i in indices], inputs[indices[0]], indices)
-            for i, text in zip(indices, texts, strict=True):
-                outputs[i] = text
+            generated = self._generate([prompts[i] for i in indices], inputs, indices)
+            for i, (text, count) in zip(indices, generated, strict=True):
+                metrics = {"input_token_count": lengths[i], "output_token_count": count}
+                outputs[i] = Metered(text, metrics)
         return outputs
 
-    def _chat_prompt(self, prompt: str) -> str:
+    def _chat_prompt(self, item: dict[str, Any]) -> str:
+        messages = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
         return str(
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         )
 
     @torch.inference_mode()
-    def _generate(self, prompts: list[str], first: dict[str, Any], indices: list[int]) -> list[str]:
-        """One forward pass for prompts that share generation parameters (those of `first`);
-        `indices` are their positions in the batch, to stop and stream them."""
+    def _generate(
+        self, prompts: list[str], inputs: list[dict[str, Any]], indices: list[int]
+    ) -> list[tuple[str, int]]:
+        """One forward pass for prompts that share generation parameters (those of the first);
+        `indices` are their positions in the batch, to stop and stream them. Each row's text
+        and how many tokens it generated."""
         encoded = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False
         ).to(self.device)
+        stops = [list(inputs[i].get("stop") or ()) for i in indices]
         with torch.random.fork_rng(devices=[]):  # a seed must not leak into later predictions
-            return self._sample(encoded, first, indices)
+            return self._sample(encoded, inputs[indices[0]], indices, stops)
 
-    def _sample(self, encoded: Any, first: dict[str, Any], indices: list[int]) -> list[str]:
-        streamer = RowStreamer(self.decode, indices, self.row_ends)
+    def _sample(
+        self, encoded: Any, first: dict[str, Any], indices: list[int], stops: list[list[str]]
+    ) -> list[tuple[str, int]]:
+        streamer = RowStreamer(self.decode, indices, self.row_ends, stops)
         sampling = first["temperature"] > 0
         if first.get("seed") is not None:
             torch.manual_seed(first["seed"])
@@ -113,29 +125,65 @@ class TextGenerationPredictor:
             top_p=first["top_p"] if sampling else None,
             top_k=None,
             pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=[StopFlagged(indices)],
+            stopping_criteria=[StopFlagged(indices, streamer.stopped)],
             streamer=streamer,
         )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-        texts = [self.decode(row) for row in new_tokens.tolist()]
+        texts = [
+            streamer.final(row, self.decode(tokens))
+            for row, tokens in enumerate(new_tokens.tolist())
+        ]
         streamer.finish(texts)
-        return texts
+        return list(zip(texts, streamer.counts(), strict=True))
 
     def decode(self, tokens: list[int]) -> str:
         """A row's new tokens as text: the one decoding for its output and for its stream."""
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
 
-class StopFlagged(StoppingCriteria):
-    """Between tokens: finish the rows the worker flagged (canceled, past their deadline).
-    The others go on; when every row is finished, `generate` returns."""
+def prompt_too_long(length: int) -> str:
+    """The error of a prompt over MAX_PROMPT_TOKENS (the API's OpenAI routes recognise it)."""
+    return f"The prompt is {length} tokens long; the limit is {MAX_PROMPT_TOKENS}"
 
-    def __init__(self, indices: list[int]) -> None:
+
+def first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the first of `stops` to appear in `text` begins, if one does."""
+    found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+    return min(found) if found else None
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    at = first_stop(text, stops)
+    return text if at is None else text[:at]
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could begin a stop sequence, so must not be
+    streamed until the next tokens tell."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+class StopFlagged(StoppingCriteria):
+    """Between tokens: finish the rows the worker flagged (canceled, past their deadline) and
+    those that reached a stop sequence (`stopped`, which the streamer sets). The others go
+    on; when every row is finished, `generate` returns."""
+
+    def __init__(self, indices: list[int], stopped: list[bool] | None = None) -> None:
         self.indices = indices
+        self.stopped = stopped or [False] * len(indices)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         flags = stop_requested()
-        rows = [False] * len(self.indices) if flags is None else [flags[i] for i in self.indices]
+        rows = [
+            self.stopped[row] or (flags is not None and flags[i])
+            for row, i in enumerate(self.indices)
+        ]
         return torch.tensor(rows, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
@@ -146,19 +194,29 @@ class RowStreamer(BaseStreamer):
     Each step decodes a row's new tokens so far exactly as its output will be decoded and emits
     what was added since its last chunk. Text ending in U+FFFD (a character whose bytes are
     not all there yet) waits for the next token; a row that finished (end of sequence, or
-    stopped) only gets pad tokens, which are ignored. `finish` emits the rest of each final
-    text, so a row's chunks concatenated equal its output.
+    stopped) only gets pad tokens, which are ignored. With stop sequences, text that could be
+    the start of one waits too, and a row whose text holds one is done: its text ends before
+    the stop, and `stopped` asks `generate` to finish it. `finish` emits the rest of each final
+    text, so a row's chunks concatenated equal its output. `counts` are the tokens each row
+    generated (its end-of-sequence token not included).
     """
 
     def __init__(
-        self, decode: Callable[[list[int]], str], indices: list[int], finished: set[int]
+        self,
+        decode: Callable[[list[int]], str],
+        indices: list[int],
+        finished: set[int],
+        stops: list[list[str]] | None = None,
     ) -> None:
         self.decode = decode
         self.indices = indices  # row in this `generate` call -> input's index in the batch
         self.finished = finished  # token ids that end a row
+        self.stops = stops or [[] for _ in indices]
         self.tokens: list[list[int]] = [[] for _ in indices]
         self.sent = [""] * len(indices)
         self.done = [False] * len(indices)
+        self.stopped = [False] * len(indices)  # reached a stop sequence
+        self.cut = [""] * len(indices)  # a stopped row's text: up to the stop
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -172,6 +230,14 @@ class RowStreamer(BaseStreamer):
                 continue
             self.tokens[row].append(token)
             text = self.decode(self.tokens[row])
+            stops = self.stops[row]
+            if stops:
+                at = first_stop(text, stops)
+                if at is not None:
+                    text = self.cut[row] = text[:at]
+                    self.done[row] = self.stopped[row] = True
+                else:
+                    text = text[: len(text) - held_back(text, stops)]
             # A decoding that would rewrite sent text also waits (it cannot be taken back).
             if not text.endswith("\ufffd") and text.startswith(self.sent[row]):
                 if chunk := text[len(self.sent[row]) :]:
@@ -190,3 +256,12 @@ class RowStreamer(BaseStreamer):
             elif chunk := text[len(self.sent[row]) :]:
                 chunks[self.indices[row]] = chunk
         emit_outputs(chunks)
+
+    def final(self, row: int, text: str) -> str:
+        """The output of `row`, whose new tokens decode to `text`: for a stopped row, its text
+        up to the stop sequence that ended it (the first to be complete, not the first in a
+        text that ran on a token while the row was being stopped)."""
+        return self.cut[row] if self.stopped[row] else cut_at_stop(text, self.stops[row])
+
+    def counts(self) -> list[int]:
+        return [len(tokens) for tokens in self.tokens]

@@ -69,14 +69,16 @@ def test_embeddings_run_in_fp16_on_the_gpu(runtime: WorkerRuntime) -> None:
     )
     assert next(predictor.model.parameters()).dtype == torch.float16
     assert next(predictor.model.parameters()).is_cuda
-    assert [len(vector) for vector in outputs] == [384, 384]
+    assert [len(output.output) for output in outputs] == [384, 384]
+    assert all(output.metrics["input_token_count"] == 3 for output in outputs)  # [CLS] a [SEP]
 
 
 def test_text_generation_runs_in_bf16_on_the_gpu(runtime: WorkerRuntime) -> None:
     item = {"prompt": "Say hi", "max_new_tokens": 8, "temperature": 0, "top_p": 1.0}
     predictor, outputs = run(runtime, gpu_version("smollm2-135m-instruct"), [item, item])
     assert next(predictor.model.parameters()).dtype == torch.bfloat16
-    assert outputs[0] == outputs[1] and isinstance(outputs[0], str) and outputs[0]
+    assert outputs[0] == outputs[1] and isinstance(outputs[0].output, str) and outputs[0].output
+    assert 0 < outputs[0].metrics["output_token_count"] <= 8
 
 
 def test_text_to_image_runs_in_fp16_on_the_gpu(runtime: WorkerRuntime) -> None:

@@ -130,7 +130,7 @@ def test_models_get_list_and_versions(client: replicate.Client) -> None:
     version = model.versions.get(model.latest_version.id)
     schemas = version.openapi_schema["components"]["schemas"]
     assert schemas["Output"] == {"title": "Output", "type": "string"}
-    assert schemas["Input"]["required"] == ["prompt"] and version.cog_version
+    assert schemas["Input"]["oneOf"][0] == {"required": ["prompt"]} and version.cog_version
     embedding = client.models.get(EMBEDDINGS).latest_version
     assert embedding is not None
     assert embedding.openapi_schema["components"]["schemas"]["Output"]["type"] == "array"

@@ -9,6 +9,8 @@ out as events (workers/events.py) as they come.
 
 import json
 import logging
+import math
+import numbers
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,14 @@ from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope
 from db.tables import ModelVersion
-from models.base import PredictionError, Predictor, is_out_of_memory, output_sink, stop_check
+from models.base import (
+    Metered,
+    PredictionError,
+    Predictor,
+    is_out_of_memory,
+    output_sink,
+    stop_check,
+)
 from models.registry import UnknownModelType
 from models.weights import WeightsNotFound
 from workers import metrics
@@ -85,13 +94,23 @@ def predict_isolating(
     metrics.BATCH_SIZE.labels(model_type).observe(len(claims))
     metrics.PREDICT_SECONDS.labels(model_type).observe(elapsed)
     return [
-        Outcome(error=str(output), predict_time=elapsed, batch_size=len(claims))
-        if isinstance(output, PredictionError)
-        else Outcome(
-            output=output, predict_time=elapsed, batch_size=len(claims), streamed=i in streamed
-        )
-        for i, output in enumerate(outputs)
+        _outcome(output, elapsed, len(claims), i in streamed) for i, output in enumerate(outputs)
     ]
+
+
+def _outcome(output: Any, elapsed: float, batch_size: int, streamed: bool) -> Outcome:
+    if isinstance(output, PredictionError):
+        return Outcome(error=str(output), predict_time=elapsed, batch_size=batch_size)
+    measured: dict[str, int | float] = {}
+    if isinstance(output, Metered):
+        output, measured = output.output, _numbers(output.metrics)
+    return Outcome(
+        output=output,
+        predict_time=elapsed,
+        batch_size=batch_size,
+        streamed=streamed,
+        measured=measured,
+    )
 
 
 def run_batch(runtime: "WorkerRuntime", version: ModelVersion, batch: list[Pending[str]]) -> None:
@@ -145,3 +164,16 @@ def _run_batch(runtime: "WorkerRuntime", version: ModelVersion, batch: list[Pend
                 pending.future.set_exception(error)
 
     future.add_done_callback(resolve)
+
+
+def _numbers(metrics: Mapping[str, Any]) -> dict[str, int | float]:
+    """A model's measurements as JSON numbers (numpy's too); anything else is left out."""
+    kept: dict[str, int | float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(name, str):
+            continue
+        if isinstance(value, numbers.Integral):
+            kept[name] = int(value)
+        elif isinstance(value, numbers.Real) and math.isfinite(value):
+            kept[name] = float(value)
+    return kept

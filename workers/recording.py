@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -43,6 +43,8 @@ class Outcome:
     predict_time: float = 0.0
     batch_size: int = 0
     streamed: bool = False  # the model emitted its output in chunks as it ran
+    # What the model measured of this input (models.base.Metered): token counts.
+    measured: dict[str, int | float] = field(default_factory=dict)
 
 
 def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
@@ -151,7 +153,10 @@ def _fate(
         error = f"Gave up after {claim.attempts} attempts: {error}"
     if error is not None or output is None:
         return fate(PredictionStatus.FAILED, error=error), None
-    measured = {"predict_time": round(outcome.predict_time, 6), "batch_size": outcome.batch_size}
+    measured = outcome.measured | {
+        "predict_time": round(outcome.predict_time, 6),
+        "batch_size": outcome.batch_size,
+    }
     succeeded = fate(PredictionStatus.SUCCEEDED, output=output, metrics=json.dumps(measured))
     return succeeded, None if outcome.streamed else (claim.id, claim.attempts, "output", output)
 

@@ -74,11 +74,38 @@ def _describe(error: ValidationError) -> list[dict[str, str]]:
         return [
             {"field": f"{_path(error)}.{name}", "message": "Field required"} for name in missing
         ]
+    names = _alternatives(error)
+    if names is not None and isinstance(error.instance, dict):
+        given = [name for name in names if name in error.instance]
+        others = " or ".join(f"`{name}`" for name in names[1:])
+        if not given:
+            message = f"Field required (or give {others} instead)"
+            return [{"field": f"{_path(error)}.{names[0]}", "message": message}]
+        listed = " and ".join(f"`{name}`" for name in given)
+        message = f"Give only one of {listed}"
+        return [{"field": f"{_path(error)}.{given[-1]}", "message": message}]
     if error.validator == "additionalProperties":
         allowed = error.schema.get("properties", {})
         unknown = [key for key in error.instance if key not in allowed]
         return [{"field": f"{_path(error)}.{key}", "message": "Unknown field"} for key in unknown]
     return [{"field": _path(error), "message": _message(error)}]
+
+
+def _alternatives(error: ValidationError) -> list[str] | None:
+    """The fields of a `oneOf` whose every branch is `{"required": [one field]}` (give exactly
+    one of them, as `prompt` or `messages`), in order; None for any other failure."""
+    branches = error.validator_value
+    if error.validator != "oneOf" or not isinstance(branches, list):
+        return None
+    names = []
+    for branch in branches:
+        if not isinstance(branch, dict) or branch.keys() != {"required"}:
+            return None
+        required = branch["required"]
+        if not isinstance(required, list) or len(required) != 1:
+            return None
+        names.append(str(required[0]))
+    return names
 
 
 def _message(error: ValidationError) -> str:

@@ -199,7 +199,8 @@ def test_models_lists_both_builtin_models_with_schemas(client: TestClient, auth)
     by_name = {m["name"]: m for m in results}
     assert {"all-minilm-l6-v2", "smollm2-135m-instruct"} <= set(by_name)
     schema = by_name["smollm2-135m-instruct"]["latest_version"]["input_schema"]
-    assert schema["required"] == ["prompt"]
+    # A prompt or a chat's messages, exactly one of them.
+    assert schema["oneOf"] == [{"required": ["prompt"]}, {"required": ["messages"]}]
     assert "weights" not in by_name["all-minilm-l6-v2"]["latest_version"]
 
 

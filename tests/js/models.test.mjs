@@ -48,7 +48,8 @@ test("models.versions.list and get", async () => {
   assertHasFields(version, VERSION_FIELDS, "a version");
   const schemas = version.openapi_schema.components.schemas;
   assert.deepEqual(schemas.Output, { title: "Output", type: "string" });
-  assert.deepEqual(schemas.Input.required, ["prompt"]);
+  // A prompt or a chat's messages: exactly one of them.
+  assert.deepEqual(schemas.Input.oneOf, [{ required: ["prompt"] }, { required: ["messages"] }]);
   assert.ok(version.cog_version);
 
   const embeddings = await replicate.models.get(...EMBEDDINGS.split("/"));
