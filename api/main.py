@@ -13,7 +13,18 @@ from api.memory import trimming
 from api.metrics import RequestMetrics
 from api.middleware import BodySizeLimit, RequestId
 from api.queue import Publisher
-from api.routes import account, auth, catalog, files, health, models, predictions, tokens, webhooks
+from api.routes import (
+    account,
+    auth,
+    catalog,
+    files,
+    health,
+    models,
+    openai_compat,
+    predictions,
+    tokens,
+    webhooks,
+)
 from api.settings import get_api_settings
 from api.status_listener import status_listener
 from db.log_format import configure_logging
@@ -58,6 +69,7 @@ def create_app() -> FastAPI:
     for module in (health, auth, account, tokens, models, catalog, predictions, files, webhooks):
         app.include_router(module.router)
     app.include_router(predictions.model_router)
+    app.include_router(openai_compat.router)
     return app
 
 

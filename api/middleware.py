@@ -5,7 +5,7 @@ import secrets
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import problem
+from api.errors import error_for
 from db import log_format
 
 # Every answer is one caller's data (tokens, secrets, outputs): never kept by a cache (unless
@@ -64,7 +64,8 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_bytes:
-            await problem(413, "Payload too large", self.detail)(scope, receive, send)
+            answer = error_for(scope["path"], 413, "Payload too large", self.detail)
+            await answer(scope, receive, send)
             return
         received = 0
 

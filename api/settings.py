@@ -56,6 +56,9 @@ class ApiSettings(BaseSettings):
     metrics_token: Annotated[
         SecretStr | None, EMPTY_IS_UNSET, at_least("QUERN_METRICS_TOKEN", 16)
     ] = None
+    # How long an OpenAI-compatible request (api/routes/openai.py) waits for its predictions,
+    # streamed or not; then they are canceled (408). The OpenAI clients' own default timeout.
+    openai_timeout_s: float = Field(default=600.0, gt=0, le=3600)
     # Seconds between handing freed memory back to the OS (api/memory.py); 0: never.
     malloc_trim_interval_s: float = Field(default=60.0, ge=0)
 

@@ -14,7 +14,7 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy import DateTime
 
 from db.signed_urls import get_url_signer
-from db.tables import Prediction
+from db.tables import Prediction, PredictionSource
 
 
 def prediction_object(p: Prediction, model: str, base_url: str) -> dict[str, Any]:
@@ -45,10 +45,14 @@ def prediction_object(p: Prediction, model: str, base_url: str) -> dict[str, Any
             "queue_time": _seconds(p.created_at, p.started_at),
             "batch_size": p.metrics.get("batch_size"),
             "attempts": p.attempts,
+            # Measured by language models (models.base.Metered), as Replicate names them.
+            "input_token_count": p.metrics.get("input_token_count"),
+            "output_token_count": p.metrics.get("output_token_count"),
         },
         "webhook": p.webhook,
         "webhook_events_filter": p.webhook_events_filter,
-        "source": "api",
+        # A webhook's snapshot written before migration 0009 has no source: it was `api`.
+        "source": p.source or PredictionSource.API,
         "data_removed": False,
     }
 

@@ -145,6 +145,12 @@ class PredictionMetrics(ResponseBody):
     queue_time: float | None = None
     batch_size: int | None = None
     attempts: int = 0
+    input_token_count: int | None = Field(
+        default=None, description="Language models: the prompt's tokens, as the model read it."
+    )
+    output_token_count: int | None = Field(
+        default=None, description="Language models: the tokens generated."
+    )
 
 
 class PredictionOut(ResponseBody):
@@ -164,7 +170,11 @@ class PredictionOut(ResponseBody):
     metrics: PredictionMetrics
     webhook: str | None
     webhook_events_filter: list[str] | None
-    source: str = Field(default="api", description="How it was created, as on Replicate.")
+    source: str = Field(
+        default="api",
+        description="How it was created: `api` (this API) or `openai` (the OpenAI-compatible "
+        "API under /openai/v1).",
+    )
     data_removed: bool = Field(
         default=False, description="Replicate's field; Quern keeps input and output."
     )
@@ -238,6 +248,7 @@ class PredictionFilters:
             status=self.status,
             model=(owner, name) if self.model else None,
             version_id=self.version,
+            source=self.source,
         )
 
 
@@ -253,10 +264,11 @@ async def prediction_filters(
         NeverNull(),
     ] = None,
     source: Annotated[
-        Literal["api", "web"] | None,
+        Literal["api", "openai", "web"] | None,
         Query(
-            description="How they were created: every Quern prediction is `api` (Quern has no "
-            "web interface, so `web` lists none)."
+            description="How they were created: `api` (this API), `openai` (the "
+            "OpenAI-compatible API under /openai/v1), or `web` (none: Quern has no web "
+            "interface)."
         ),
         NeverNull(),
     ] = None,

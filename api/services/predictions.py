@@ -5,6 +5,7 @@ import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
@@ -40,7 +41,7 @@ from db.prediction_object import prediction_object
 from db.repositories import idempotency_keys, predictions, predictions_async
 from db.repositories.predictions import UNFINISHED, Backlog, Cursor, PredictionWithModel
 from db.session import session_scope
-from db.tables import ALL_EVENTS, Prediction, PredictionStatus, User
+from db.tables import ALL_EVENTS, Prediction, PredictionSource, PredictionStatus, User
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,18 @@ def _replay(tx: Transaction, user: User, key: str, request_hash: str) -> str | N
     return seen.prediction_id
 
 
-def _refuse(found: Backlog, model_ref: str, settings: ApiSettings) -> None:
-    """429 when the caller has too many in flight, 503 when the version's queue is full."""
-    if found.unfinished_for_owner >= settings.max_in_flight_per_user:
-        raise TooManyRequests(
-            f"You have {settings.max_in_flight_per_user} predictions in flight, the most "
-            "allowed: wait for some to finish",
-            headers={"Retry-After": "5"},
+def _refuse(found: Backlog, model_ref: str, settings: ApiSettings, count: int = 1) -> None:
+    """429 when the caller has too many in flight, 503 when the version's queue is full (for
+    `count` more predictions)."""
+    if found.unfinished_for_owner + count > settings.max_in_flight_per_user:
+        limit = settings.max_in_flight_per_user
+        reason = (
+            f"You have {limit} predictions in flight, the most allowed"
+            if count == 1
+            else f"{count} more predictions would pass your limit of {limit} in flight"
         )
-    if found.queued_for_version >= settings.max_queued_per_version:
+        raise TooManyRequests(f"{reason}: wait for some to finish", headers={"Retry-After": "5"})
+    if found.queued_for_version + count > settings.max_queued_per_version:
         raise ServiceUnavailable(
             f"{model_ref} has {settings.max_queued_per_version} predictions queued already; "
             "try again later",
@@ -125,13 +129,17 @@ async def create(
     settings: ApiSettings,
     cancel_after: str | None = None,
     prediction_id: str | None = None,
+    *,
+    version: Version | None = None,
+    source: PredictionSource = PredictionSource.API,
 ) -> PredictionOut:
     """The new prediction (`prediction_id`, or a new id): stored (backlog checked in the same
     statement) and committed in one round trip, then handed to the publisher. Nothing here
-    waits on a thread but a cache miss or a webhook's DNS lookup."""
+    waits on a thread but a cache miss or a webhook's DNS lookup. `version`: the one `body`
+    names, if the caller has resolved it already."""
     deadline = _deadline(cancel_after)
     events = None if body.webhook is None else await run_in_threadpool(_check_webhook, body)
-    version = await versions.resolve(cache, body)
+    version = version or await versions.resolve(cache, body)
     validated = validate_input(version.validator, body.input, settings.max_input_string_chars)
     prediction_id = prediction_id or new_id()
     queue_key, owner_key = f"queued:{version.id}", f"in-flight:{user.id}"
@@ -152,6 +160,7 @@ async def create(
                 owner_limit=settings.max_in_flight_per_user,
                 version_scan=version_scan,
                 owner_scan=owner_scan,
+                source=source,
             )
     except psycopg.errors.ForeignKeyViolation:
         # The version was deleted after this process cached it, before it heard the notice.
@@ -184,8 +193,114 @@ async def create(
         deadline=deadline,
         webhook=body.webhook,
         webhook_events_filter=events,
+        source=source,
     )
     return to_out(PredictionWithModel(prediction, version.model_ref), base_url)
+
+
+async def create_many(
+    pool: AsyncConnectionPool,
+    publisher: Publisher,
+    cache: Cache[Version],
+    user: User,
+    version: Version,
+    inputs: list[dict[str, Any]],
+    base_url: str,
+    settings: ApiSettings,
+    prediction_ids: list[str],
+    *,
+    source: PredictionSource = PredictionSource.API,
+) -> list[PredictionOut]:
+    """`create` of one prediction per input of `version` (validated already: `validate_input`),
+    all or none, in one round trip: they are queued together, so they run batched."""
+    queue_key, owner_key = f"queued:{version.id}", f"in-flight:{user.id}"
+    # Room for all of them: each count only has to reach `limit - (count - 1)` to tell.
+    version_limit = settings.max_queued_per_version - len(inputs) + 1
+    owner_limit = settings.max_in_flight_per_user - len(inputs) + 1
+    version_scan = headroom.scan_limit(queue_key, version_limit)
+    owner_scan = headroom.scan_limit(owner_key, owner_limit)
+    try:
+        async with database.connection(pool) as conn:
+            created = await predictions_async.create_many_within_limits(
+                conn,
+                ids=prediction_ids,
+                owner_id=user.id,
+                version_id=version.id,
+                inputs=inputs,
+                version_limit=settings.max_queued_per_version,
+                owner_limit=settings.max_in_flight_per_user,
+                version_scan=version_scan,
+                owner_scan=owner_scan,
+                source=source,
+            )
+    except psycopg.errors.ForeignKeyViolation:
+        cache.clear()  # the version was deleted after this process cached it
+        raise versions.missing(PredictionCreate(version=version.id, input={})) from None
+    if version_scan:
+        headroom.counted(queue_key, created.backlog.queued_for_version)
+    if owner_scan:
+        headroom.counted(owner_key, created.backlog.unfinished_for_owner)
+    if created.created_at is None:
+        _refuse(created.backlog, version.model_ref, settings, len(inputs))
+    log.debug("%d predictions created for version %s", len(inputs), version.id)
+    for prediction_id in prediction_ids:
+        publisher.submit(prediction_id, version.id, version.hardware)
+    metrics.CREATED.labels(version.model_ref).inc(len(inputs))
+    return [
+        to_out(
+            PredictionWithModel(
+                Prediction(
+                    id=prediction_id,
+                    owner_id=user.id,
+                    version_id=version.id,
+                    input=item,
+                    output=None,
+                    logs="",
+                    error=None,
+                    status=PredictionStatus.STARTING,
+                    attempts=0,
+                    metrics={},
+                    created_at=created.created_at,
+                    started_at=None,
+                    completed_at=None,
+                    deadline=None,
+                    webhook=None,
+                    webhook_events_filter=None,
+                    source=source,
+                ),
+                version.model_ref,
+            ),
+            base_url,
+        )
+        for prediction_id, item in zip(prediction_ids, inputs, strict=True)
+    ]
+
+
+async def cancel_async(
+    pool: AsyncConnectionPool, user: User, prediction_ids: list[str], model_ref: str
+) -> None:
+    """Cancel those of the user's `prediction_ids` (of `model_ref`) that are unfinished, on the
+    event loop."""
+    async with database.connection(pool) as conn:
+        canceled = await predictions_async.cancel(
+            conn, ids=prediction_ids, owner_id=owner_scope(user)
+        )
+    if canceled:
+        log.info("predictions canceled: %s", " ".join(canceled))
+        metrics.CANCELED.labels(model_ref).inc(len(canceled))
+
+
+async def load_many_async(
+    pool: AsyncConnectionPool, user: User, prediction_ids: list[str], base_url: str
+) -> list[PredictionOut]:
+    """`load_async` of several predictions in one round trip, in the order given."""
+    async with database.connection(pool) as conn:
+        rows = await predictions_async.get_many(
+            conn, ids=prediction_ids, owner_id=owner_scope(user)
+        )
+    if len(rows) != len(prediction_ids):  # deleted with their owner meanwhile
+        raise NotFound("The predictions are gone")
+    return [to_out(row, base_url) for row in rows]
 
 
 def create_idempotent(

@@ -38,7 +38,7 @@ from api.deps import SIGNED_URL_REFUSED, SignedUrl, Transaction
 from api.errors import Forbidden, NotFound
 from api.schemas.predictions import PredictionOut
 from api.services import predictions
-from api.services.waiting import RECHECK_S, is_finished
+from api.services.waiting import RECHECK_S, Load, is_finished
 from api.settings import get_api_settings
 from api.status_listener import status_listener
 from db import log_format
@@ -70,17 +70,19 @@ def _redis() -> aioredis.Redis:
 
 def open_stream(
     tx: Transaction, reader: User | SignedUrl, prediction_id: str, base_url: str
-) -> tuple[PredictionOut, Callable[[], PredictionOut]]:
+) -> tuple[PredictionOut, Load]:
     """The prediction to stream and how to read it again. Not the caller's: 404; a signed URL
     that is tampered, expired or another prediction's: 403 (before any query)."""
     if isinstance(reader, User):
         prediction = predictions.get(tx, reader, prediction_id, base_url)
-        return prediction, partial(predictions.load, reader, prediction.id, base_url)
+        return prediction, partial(
+            run_in_threadpool, predictions.load, reader, prediction.id, base_url
+        )
     if not get_url_signer().check_stream(prediction_id, reader.expires, reader.signature):
         raise Forbidden(SIGNED_URL_REFUSED)
     # This one prediction, whoever owns it (as `predictions.find` reads for an admin).
     prediction = _signed_get(tx.session, prediction_id, base_url)
-    return prediction, partial(_signed_load, prediction_id, base_url)
+    return prediction, partial(run_in_threadpool, _signed_load, prediction_id, base_url)
 
 
 def _signed_get(session: Session, prediction_id: str, base_url: str) -> PredictionOut:
@@ -147,16 +149,25 @@ class OneAttempt:
 
 async def prediction_events(
     prediction: PredictionOut,
-    load: Callable[[], PredictionOut],
+    load: Load,
     last_event_id: str | None,
+    *,
+    watching: asyncio.Event | None = None,
+    ended: Callable[[PredictionOut], None] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
+    """`watching`: the listener's event for a prediction the caller has watched since before
+    its row existed (then `prediction` is as it was created, and is not read again first); the
+    stream stops the watch. `ended` is told the prediction as it ended, before the last events.
+    """
     key = events_key(prediction.id)
     cursor = last_event_id if last_event_id and STREAM_ID.match(last_event_id) else "0-0"
     resumed = cursor != "0-0"
     streamed: list[Any] = []  # output values sent on this connection
     listener = status_listener()
-    async with listener.finished(prediction.id) as changed:
-        prediction = await run_in_threadpool(load)
+    changed = watching or listener.watch(prediction.id)
+    try:
+        if watching is None:
+            prediction = await load()
         one = OneAttempt(
             live_attempt(prediction), await _attempt_of(key, cursor) if resumed else None
         )
@@ -189,8 +200,12 @@ async def prediction_events(
                 yield event
             if changed.is_set() or not listener.connected:
                 changed.clear()
-                prediction = await run_in_threadpool(load)
+                prediction = await load()
                 one.follow(prediction)
+    finally:
+        listener.unwatch(prediction.id, changed)
+    if ended is not None:
+        ended(prediction)
     for event in _ending(prediction, streamed, resumed, cursor):
         yield event
 
@@ -222,9 +237,12 @@ async def _read(
 async def _first(*awaitables: Awaitable[Any], limit_s: float | None = None) -> Any:
     """The first awaitable's result if it finishes first, else None; the rest are cancelled."""
     tasks = [asyncio.ensure_future(a) for a in awaitables]
-    done, pending = await asyncio.wait(tasks, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when the stream itself is cancelled (its client left): no read lingers
+        for task in tasks:
+            if not task.done():
+                task.cancel()
     return tasks[0].result() if tasks[0] in done else None
 
 

@@ -3,6 +3,7 @@ cache: versions never change, and a model's latest is announced when it does
 (db/repositories/cache_notices.py). Its input validator is compiled once, here."""
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from jsonschema import Draft202012Validator
 from sqlalchemy.orm import Session
@@ -22,6 +23,8 @@ class Version:
     hardware: str
     model_ref: str  # owner/name
     validator: Draft202012Validator
+    model_type: str = ""  # a key of models.registry (text-generation, embeddings...)
+    created_at: datetime | None = None
 
 
 async def resolve(cache: Cache[Version], body: PredictionCreate) -> Version:
@@ -66,4 +69,6 @@ def load(session: Session, body: PredictionCreate) -> Version:
             raise missing(body, "No such model" if model is None else "Model has no versions")
         version, model_ref = model.latest_version, model.ref
     validator = input_validator(version.input_schema)
-    return Version(version.id, version.hardware, model_ref, validator)
+    return Version(
+        version.id, version.hardware, model_ref, validator, version.model_type, version.created_at
+    )

@@ -120,7 +120,7 @@ class WaitingResponse(Response):
                 self.prediction, self.wait_s, self.load, changed, unheard=self.watching is None
             )
         )
-        hung_up = asyncio.ensure_future(_disconnected(receive))
+        hung_up = asyncio.ensure_future(client_disconnected(receive))
         await asyncio.wait({waiting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
         hung_up.cancel()
         if not waiting.done():
@@ -132,6 +132,7 @@ class WaitingResponse(Response):
             return self.prediction
 
 
-async def _disconnected(receive: Receive) -> None:
+async def client_disconnected(receive: Receive) -> None:
+    """Returns once the client has hung up (the request body read, as it is by now)."""
     while (await receive())["type"] != "http.disconnect":
         pass

@@ -39,6 +39,7 @@ class Filters:
     status: str | None = None
     model: tuple[str, str] | None = None  # (owner, name)
     version_id: str | None = None
+    source: str | None = None
 
 
 def _with_model() -> Select[Prediction, str, str]:
@@ -84,6 +85,8 @@ def list(
         query = query.where(Prediction.status == filters.status)
     if filters.version_id is not None:
         query = query.where(Prediction.version_id == filters.version_id)
+    if filters.source is not None:
+        query = query.where(Prediction.source == filters.source)
     if filters.model is not None:
         owner, name = filters.model
         query = query.where(User.username == owner, Model.name == name)

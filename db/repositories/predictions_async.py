@@ -16,7 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from db.repositories.predictions import Backlog, PredictionWithModel
-from db.tables import Prediction
+from db.tables import Prediction, PredictionSource
 
 _CREATE_WITHIN_LIMITS = """
 WITH queued AS (
@@ -34,10 +34,10 @@ WITH queued AS (
 ), inserted AS (
     INSERT INTO predictions (
         id, owner_id, version_id, input, deadline, webhook, webhook_events_filter,
-        status, enqueued_at
+        status, enqueued_at, source
     )
     SELECT %(id)s, %(owner_id)s, %(version_id)s, %(input)s, %(deadline)s, %(webhook)s,
-        %(webhook_events_filter)s, 'starting', now()
+        %(webhook_events_filter)s, 'starting', now(), %(source)s
     FROM queued, in_flight
     WHERE queued.n < %(version_limit)s AND in_flight.n < %(owner_limit)s
     RETURNING created_at
@@ -69,11 +69,13 @@ async def create_within_limits(
     owner_limit: int,
     version_scan: int | None = None,
     owner_scan: int | None = None,
+    source: str = PredictionSource.API,
 ) -> Created:
     """Scans default to the limits (exact counts); 0 skips a count (it reads as 0)."""
     cursor = await conn.execute(
         _CREATE_WITHIN_LIMITS,
         {
+            "source": source,
             "id": id,
             "owner_id": owner_id,
             "version_id": version_id,
@@ -93,16 +95,18 @@ async def create_within_limits(
     return Created(created_at, Backlog(queued_for_version=queued, unfinished_for_owner=in_flight))
 
 
-_GET = """
+_SELECT = """
 SELECT p.id, p.owner_id, p.version_id, p.input, p.output, p.logs, p.error, p.status,
     p.attempts, p.metrics, p.created_at, p.started_at, p.completed_at, p.deadline,
-    p.webhook, p.webhook_events_filter, u.username || '/' || m.name
+    p.webhook, p.webhook_events_filter, p.source, u.username || '/' || m.name
 FROM predictions p
 JOIN model_versions v ON v.id = p.version_id
 JOIN models m ON m.id = v.model_id
 JOIN users u ON u.id = m.owner_id
-WHERE p.id = %(id)s AND (%(owner_id)s::text IS NULL OR p.owner_id = %(owner_id)s)
 """
+_OWNED = "(%(owner_id)s::text IS NULL OR p.owner_id = %(owner_id)s)"
+_GET = f"{_SELECT} WHERE p.id = %(id)s AND {_OWNED}"
+_GET_MANY = f"{_SELECT} WHERE p.id = ANY(%(ids)s::text[]) AND {_OWNED}"
 _FIELDS = [
     "id",
     "owner_id",
@@ -120,6 +124,7 @@ _FIELDS = [
     "deadline",
     "webhook",
     "webhook_events_filter",
+    "source",
 ]
 
 
@@ -130,6 +135,98 @@ async def get(
     the row once it is finished. A detached row, never added to a session."""
     cursor = await conn.execute(_GET, {"id": id, "owner_id": owner_id})
     row = await cursor.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _with_model(row)
+
+
+async def get_many(
+    conn: AsyncConnection[Any], *, ids: list[str], owner_id: str | None = None
+) -> list[PredictionWithModel]:
+    """`get` of several predictions in one round trip, in the order of `ids`; those that are
+    not there (or not the owner's) are left out."""
+    cursor = await conn.execute(_GET_MANY, {"ids": ids, "owner_id": owner_id})
+    found = {row.prediction.id: row for row in map(_with_model, await cursor.fetchall())}
+    return [found[id] for id in ids if id in found]
+
+
+def _with_model(row: tuple[Any, ...]) -> PredictionWithModel:
     return PredictionWithModel(Prediction(**dict(zip(_FIELDS, row[:-1], strict=True))), row[-1])
+
+
+_CREATE_MANY_WITHIN_LIMITS = """
+WITH queued AS (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM predictions
+        WHERE version_id = %(version_id)s AND status = 'starting'
+        LIMIT %(version_scan)s
+    ) AS rows
+), in_flight AS (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM predictions
+        WHERE owner_id = %(owner_id)s AND status IN ('starting', 'processing')
+        LIMIT %(owner_scan)s
+    ) AS rows
+), inserted AS (
+    INSERT INTO predictions (id, owner_id, version_id, input, status, enqueued_at, source)
+    SELECT new.id, %(owner_id)s, %(version_id)s, new.input, 'starting', now(), %(source)s
+    FROM unnest(%(ids)s::text[], %(inputs)s::jsonb[]) AS new(id, input), queued, in_flight
+    WHERE queued.n + %(count)s <= %(version_limit)s AND in_flight.n + %(count)s <= %(owner_limit)s
+    RETURNING created_at
+)
+SELECT queued.n, in_flight.n, (SELECT min(created_at) FROM inserted) FROM queued, in_flight
+"""
+
+
+async def create_many_within_limits(
+    conn: AsyncConnection[Any],
+    *,
+    ids: list[str],
+    owner_id: str,
+    version_id: str,
+    inputs: list[dict[str, Any]],
+    version_limit: int,
+    owner_limit: int,
+    version_scan: int | None = None,
+    owner_scan: int | None = None,
+    source: str = PredictionSource.API,
+) -> Created:
+    """`create_within_limits` for several inputs of one version (no deadline, no webhook): all
+    of them, in one statement, if the backlog leaves room for all, else none. They share one
+    `created_at`. A count need only scan `limit - len(ids) + 1` rows to tell."""
+    room = len(ids) - 1
+    cursor = await conn.execute(
+        _CREATE_MANY_WITHIN_LIMITS,
+        {
+            "ids": ids,
+            "inputs": [Jsonb(item) for item in inputs],
+            "count": len(ids),
+            "owner_id": owner_id,
+            "version_id": version_id,
+            "source": source,
+            "version_limit": version_limit,
+            "owner_limit": owner_limit,
+            "version_scan": version_limit - room if version_scan is None else version_scan,
+            "owner_scan": owner_limit - room if owner_scan is None else owner_scan,
+        },
+    )
+    row = await cursor.fetchone()
+    assert row is not None  # the final SELECT always has one row
+    queued, in_flight, created_at = row
+    return Created(created_at, Backlog(queued_for_version=queued, unfinished_for_owner=in_flight))
+
+
+_CANCEL = """
+UPDATE predictions
+SET status = 'canceled', completed_at = now(), lease_expires_at = NULL
+WHERE id = ANY(%(ids)s::text[]) AND status IN ('starting', 'processing')
+    AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s)
+RETURNING id
+"""
+
+
+async def cancel(
+    conn: AsyncConnection[Any], *, ids: list[str], owner_id: str | None = None
+) -> list[str]:
+    """Cancel those of `ids` that are unfinished, as `POST .../cancel` does (the worker hears
+    it through the status NOTIFY); returns them."""
+    cursor = await conn.execute(_CANCEL, {"ids": ids, "owner_id": owner_id})
+    return [id for (id,) in await cursor.fetchall()]

@@ -5,7 +5,7 @@ from db.tables.file import File
 from db.tables.idempotency_key import IdempotencyKey
 from db.tables.model import Model
 from db.tables.model_version import Hardware, ModelVersion
-from db.tables.prediction import Prediction, PredictionStatus
+from db.tables.prediction import Prediction, PredictionSource, PredictionStatus
 from db.tables.user import Role, User
 from db.tables.webhook_delivery import (
     ALL_EVENTS,
@@ -26,6 +26,7 @@ __all__ = [
     "Model",
     "ModelVersion",
     "Prediction",
+    "PredictionSource",
     "PredictionStatus",
     "Role",
     "User",

@@ -35,6 +35,13 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
+class PredictionSource(StrEnum):
+    """Which API created it: Quern's own (Replicate's) or the OpenAI-compatible one."""
+
+    API = "api"
+    OPENAI = "openai"
+
+
 class Prediction(Base):
     __tablename__ = "predictions"
     # Server defaults (created_at, status) come back in the INSERT's RETURNING: no extra SELECT.
@@ -44,6 +51,7 @@ class Prediction(Base):
             "status IN ('starting', 'processing', 'succeeded', 'failed', 'canceled', 'aborted')",
             name="status",
         ),
+        CheckConstraint("source IN ('api', 'openai')", name="source"),
         # Cursor pages: newest first per owner, ties broken by id.
         Index("ix_predictions_owner_id_created_at_id", "owner_id", "created_at", "id"),
         # Queue depth per version (backpressure): only queued rows, so it stays small.
@@ -96,3 +104,7 @@ class Prediction(Base):
     # (the events of webhook_events_filter); deliveries are rows of webhook_deliveries.
     webhook: Mapped[str | None] = mapped_column(String(2048))
     webhook_events_filter: Mapped[list[str] | None] = mapped_column(ARRAY(String(16)))
+    # The prediction object's `source`: `api`, or `openai` for one made by /openai/v1.
+    source: Mapped[str] = mapped_column(
+        String(16), default=PredictionSource.API, server_default=PredictionSource.API.value
+    )

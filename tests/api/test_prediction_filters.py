@@ -102,7 +102,7 @@ def test_status_model_and_version(client: TestClient, made: dict[str, Any]) -> N
     assert listed(client, auth, version="a" * 26) == []
 
 
-def test_source_api_is_every_prediction_and_web_none(
+def test_source_api_is_every_prediction_made_here_and_web_none(
     client: TestClient, made: dict[str, Any]
 ) -> None:
     auth, rows = made["auth"], made["rows"]
@@ -206,7 +206,7 @@ def test_the_document_describes_each_filter(client: TestClient) -> None:
         schema = parameters[name]["schema"]
         assert (schema["type"], schema["format"]) == ("string", "date-time"), schema
         assert "anyOf" not in schema and "pattern" not in schema, schema
-    assert parameters["source"]["schema"]["enum"] == ["api", "web"]
+    assert parameters["source"]["schema"]["enum"] == ["api", "openai", "web"]
     status = parameters["status"]["schema"]
     status = document["components"]["schemas"][status["$ref"].rsplit("/", 1)[1]]
     assert set(status["enum"]) == {

@@ -7,7 +7,11 @@ from psycopg import AsyncConnection
 
 from db.ids import new_id
 from db.repositories import predictions
-from db.repositories.predictions_async import Created, create_within_limits
+from db.repositories.predictions_async import (
+    Created,
+    create_many_within_limits,
+    create_within_limits,
+)
 from db.session import session_scope
 from db.settings import get_database_settings
 from db.tables import Prediction
@@ -77,4 +81,40 @@ def test_at_the_versions_limit_nothing_is_inserted_and_it_says_so() -> None:
     assert (created.backlog.queued_for_version, created.backlog.unfinished_for_owner) == (3, 1)
     assert find(prediction_id) is None
     _, created = create(owner, version, version_limit=4, owner_limit=2)
+    assert created.created_at is not None
+
+
+def create_many(
+    owner_id: str, version_id: str, count: int, **limits: int
+) -> tuple[list[str], Created]:
+    async def run() -> tuple[list[str], Created]:
+        url = get_database_settings().libpq_url
+        async with await AsyncConnection.connect(url, autocommit=True) as conn:
+            ids = [new_id() for _ in range(count)]
+            inputs = [{"text": f"t{i}"} for i in range(count)]
+            created = await create_many_within_limits(
+                conn, ids=ids, owner_id=owner_id, version_id=version_id, inputs=inputs,
+                source="openai", **limits,
+            )  # fmt: skip
+            return ids, created
+
+    return asyncio.run(run())
+
+
+def test_several_are_stored_in_one_statement_all_or_none() -> None:
+    version = create_version(max_batch_size=1, max_batch_wait_ms=0)
+    owner = owner_of(create_prediction_row(version))  # one queued, in flight
+    ids, created = create_many(owner, version, 3, version_limit=4, owner_limit=4)
+    assert created.created_at is not None
+    rows = [find(prediction_id) for prediction_id in ids]
+    assert [row.input["text"] for row in rows if row] == ["t0", "t1", "t2"]
+    assert all(row and row.source == "openai" and row.enqueued_at for row in rows)
+    assert {row.created_at for row in rows if row} == {created.created_at}
+    # Room for two more, not three: none of the three.
+    ids, created = create_many(owner, version, 3, version_limit=10, owner_limit=6)
+    assert created.created_at is None and created.backlog.unfinished_for_owner == 4
+    assert all(find(prediction_id) is None for prediction_id in ids)
+    ids, created = create_many(owner, version, 3, version_limit=6, owner_limit=10)
+    assert created.created_at is None and created.backlog.queued_for_version == 4
+    _, created = create_many(owner, version, 2, version_limit=6, owner_limit=6)
     assert created.created_at is not None
