@@ -23,7 +23,7 @@ local headers = {["Authorization"] = "Bearer %(token)s",
 local counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("POST", "/v1/predictions", headers, bodies[(counter %% #bodies) + 1])
+  return wrk.format("POST", "%(path)s", headers, bodies[(counter %% #bodies) + 1])
 end
 done = function(summary, latency, requests)
   io.write(string.format(
@@ -65,14 +65,20 @@ def post_predictions(
     connections: int,
     seconds: float,
     wait: bool,
+    openai: bool = False,
 ) -> LoadResult:
-    """`connections` connections posting predictions of `version` for `seconds`."""
-    bodies = ",".join(
-        json.dumps(json.dumps({"version": version, "input": value})) for value in inputs
-    )
-    prefer = ', ["Prefer"] = "wait=60"' if wait else ""
+    """`connections` connections posting predictions of `version` for `seconds`: to
+    `/v1/predictions`, or with `openai` (embeddings only) to `/openai/v1/embeddings`, which
+    waits by itself."""
+    if openai:
+        path, prefer = "/openai/v1/embeddings", ""
+        shaped = [{"model": version, "input": value["text"]} for value in inputs]
+    else:
+        path, prefer = "/v1/predictions", ', ["Prefer"] = "wait=60"' if wait else ""
+        shaped = [{"version": version, "input": value} for value in inputs]
+    bodies = ",".join(json.dumps(json.dumps(body)) for body in shaped)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(SCRIPT % {"bodies": bodies, "token": token, "prefer": prefer})
+        script.write(SCRIPT % {"bodies": bodies, "token": token, "prefer": prefer, "path": path})
     try:
         with tempfile.TemporaryFile() as out:
             process = subprocess.Popen(

@@ -404,14 +404,16 @@ async def wrk_run(
     connections: int,
     seconds: float,
     wait: bool = True,
+    openai: bool = False,
 ) -> Run:
-    """wrk posting predictions of `version` for `seconds` (with `Prefer: wait`: a closed loop
-    of `connections` in flight). CPU per component while it ran; wrk's own as the client's."""
+    """wrk posting predictions of `version` for `seconds` (with `Prefer: wait`, or through the
+    OpenAI-compatible embeddings endpoint: a closed loop of `connections` in flight). CPU per
+    component while it ran; wrk's own as the client's."""
     since = database_now()
     before = stack.cpu()
     result = await asyncio.to_thread(
         load.post_predictions, binary, stack.base_url, token, version, inputs,
-        connections=connections, seconds=seconds, wait=wait,
+        connections=connections, seconds=seconds, wait=wait, openai=openai,
     )  # fmt: skip
     after = stack.cpu()
     run = Run(label, result.requests, result.seconds)
@@ -501,6 +503,7 @@ def report(
     load_average: str,
     where: list[str],
     client: str,
+    openai: Run | None = None,
 ) -> str:
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -557,6 +560,19 @@ def report(
             "Quern's share a little). Server-side overhead p50/p95 (batched): "
             f"{ms(batched.server_overheads, 50)} / {ms(batched.server_overheads, 95)}.",
         ]
+    if openai is not None and sections and sections[0][0].name == "embeddings":
+        native = sections[0][2]
+        lines.append(
+            "| embeddings through /openai/v1/embeddings: throughput / API CPU ms per prediction, "
+            f"against /v1/predictions | {openai.throughput / native.throughput:.2f} / "
+            f"{openai.cpu_ms('api'):.2f} (native: {native.cpu_ms('api'):.2f}) | - |"
+        )
+        body.insert(body.index(row(native, "predictions")) + 1, row(openai, "predictions"))
+        body.append(
+            "The OpenAI API run posts the same texts to `/openai/v1/embeddings` (one text a "
+            "request), for half as long; its errors are the predictions in flight when wrk "
+            "stopped: a client that hangs up there cancels its prediction."
+        )
     lines += [
         f"| accept path: API CPU ms per create | {accept.cpu_ms('api'):.2f} | ≤ 1.5 |",
         f"| accept path: predictions created per second | {accept.throughput:.0f}/s | ≥ 1,200/s |",
@@ -661,11 +677,19 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
             )  # fmt: skip
             log(f"{workload.name}: {label}: {runs[-1].throughput:.1f}/s")
         sections.append((workload, bare[workload.name], runs[0], runs[1]))
+    openai = None
+    if options.only in (None, "embeddings"):  # the same work through the OpenAI-shaped API
+        openai = await wrk_run(
+            stack, binary, token, "OpenAI API, batched", versions["embeddings"][0],
+            embeddings.inputs, connections=embeddings.in_flight, seconds=embeddings.seconds / 2,
+            openai=True,
+        )  # fmt: skip
+        log(f"embeddings: OpenAI API, batched: {openai.throughput:.1f}/s")
     where = await profiled(stack, binary, token, versions["embeddings"][0], embeddings.inputs)
     rss = stack.api_rss_mb()
     listener.cancel()
     await client.http.aclose()
-    return report(sections, accept, overhead, rss, load_average, where, f"wrk ({binary})")
+    return report(sections, accept, overhead, rss, load_average, where, f"wrk ({binary})", openai)
 
 
 def main() -> None:
