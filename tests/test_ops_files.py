@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -551,6 +552,9 @@ def test_flower_sees_the_workers_and_their_predictions(live: LiveStack, flower: 
             return node in workers
 
         wait_until(worker_listed, 60, f"Flower to list {node}")
+        # Workers send task events only once Flower turns them on, which it does every 5 s
+        # (workers/celery_app.py): after that, the task below is Flower's to see.
+        time.sleep(6)
 
         created = live.client.post(
             "/v1/predictions",
