@@ -176,26 +176,10 @@ async def create(
     log.debug("prediction created for version %s", version.id)
     publisher.submit(prediction_id, version.id, version.hardware)
     metrics.CREATED.labels(version.model_ref).inc()
-    prediction = Prediction(
-        id=prediction_id,
-        owner_id=user.id,
-        version_id=version.id,
-        input=validated,
-        output=None,
-        logs="",
-        error=None,
-        status=PredictionStatus.STARTING,
-        attempts=0,
-        metrics={},
-        created_at=created.created_at,
-        started_at=None,
-        completed_at=None,
-        deadline=deadline,
-        webhook=body.webhook,
-        webhook_events_filter=events,
-        source=source,
-    )
-    return to_out(PredictionWithModel(prediction, version.model_ref), base_url)
+    return _queued(
+        prediction_id, user, version, validated, created.created_at, base_url, source,
+        deadline=deadline, webhook=body.webhook, webhook_events_filter=events,
+    )  # fmt: skip
 
 
 async def create_many(
@@ -247,31 +231,7 @@ async def create_many(
         publisher.submit(prediction_id, version.id, version.hardware)
     metrics.CREATED.labels(version.model_ref).inc(len(inputs))
     return [
-        to_out(
-            PredictionWithModel(
-                Prediction(
-                    id=prediction_id,
-                    owner_id=user.id,
-                    version_id=version.id,
-                    input=item,
-                    output=None,
-                    logs="",
-                    error=None,
-                    status=PredictionStatus.STARTING,
-                    attempts=0,
-                    metrics={},
-                    created_at=created.created_at,
-                    started_at=None,
-                    completed_at=None,
-                    deadline=None,
-                    webhook=None,
-                    webhook_events_filter=None,
-                    source=source,
-                ),
-                version.model_ref,
-            ),
-            base_url,
-        )
+        _queued(prediction_id, user, version, item, created.created_at, base_url, source)
         for prediction_id, item in zip(prediction_ids, inputs, strict=True)
     ]
 
@@ -301,6 +261,42 @@ async def load_many_async(
     if len(rows) != len(prediction_ids):  # deleted with their owner meanwhile
         raise NotFound("The predictions are gone")
     return [to_out(row, base_url) for row in rows]
+
+
+def _queued(
+    prediction_id: str,
+    user: User,
+    version: Version,
+    input: dict[str, Any],
+    created_at: datetime | None,
+    base_url: str,
+    source: str,
+    *,
+    deadline: datetime | None = None,
+    webhook: str | None = None,
+    webhook_events_filter: list[str] | None = None,
+) -> PredictionOut:
+    """The answer for a prediction just inserted, built without reading it back."""
+    prediction = Prediction(
+        id=prediction_id,
+        owner_id=user.id,
+        version_id=version.id,
+        input=input,
+        output=None,
+        logs="",
+        error=None,
+        status=PredictionStatus.STARTING,
+        attempts=0,
+        metrics={},
+        created_at=created_at,
+        started_at=None,
+        completed_at=None,
+        deadline=deadline,
+        webhook=webhook,
+        webhook_events_filter=webhook_events_filter,
+        source=source,
+    )
+    return to_out(PredictionWithModel(prediction, version.model_ref), base_url)
 
 
 def create_idempotent(
