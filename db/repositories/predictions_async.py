@@ -35,7 +35,7 @@ WITH queued AS (
 ), """
 
 _CREATE_WITHIN_LIMITS = (
-    _BACKLOG
+    _BACKLOG  # noqa: S608 (constants only)
     + """inserted AS (
     INSERT INTO predictions (
         id, owner_id, version_id, input, deadline, webhook, webhook_events_filter,
@@ -49,7 +49,7 @@ _CREATE_WITHIN_LIMITS = (
 )
 SELECT queued.n, in_flight.n, (SELECT created_at FROM inserted) FROM queued, in_flight
 """
-)  # noqa: S608 (constants only)
+)
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def _with_model(row: tuple[Any, ...]) -> PredictionWithModel:
 
 
 _CREATE_MANY_WITHIN_LIMITS = (
-    _BACKLOG
+    _BACKLOG  # noqa: S608 (constants only)
     + """inserted AS (
     INSERT INTO predictions (id, owner_id, version_id, input, status, enqueued_at, source)
     SELECT new.id, %(owner_id)s, %(version_id)s, new.input, 'starting', now(), %(source)s
@@ -169,7 +169,7 @@ _CREATE_MANY_WITHIN_LIMITS = (
 )
 SELECT queued.n, in_flight.n, (SELECT min(created_at) FROM inserted) FROM queued, in_flight
 """
-)  # noqa: S608 (constants only)
+)
 
 
 async def create_many_within_limits(
