@@ -26,6 +26,7 @@ def get_engine() -> Engine:
         connect_args={
             "application_name": process_label(),
             "connect_timeout": 5,
-            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+            "options": f"-c statement_timeout={settings.statement_timeout_ms} "
+            f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}",
         },
     )

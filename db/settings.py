@@ -17,6 +17,10 @@ class DatabaseSettings(BaseSettings):
     max_overflow: int = 20
     # A statement that runs longer than this is a bug or a lock pile-up, not work.
     statement_timeout_ms: int = 30_000
+    # A transaction left idle this long belongs to a process that hung or was paused (SIGSTOP,
+    # a frozen VM): PostgreSQL ends its session, so the locks it held (the sweeper's advisory
+    # lock, row locks) go back to the live processes instead of blocking them indefinitely.
+    idle_in_transaction_timeout_ms: int = 30_000
 
     @field_validator("url")
     @classmethod

@@ -130,6 +130,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     env.update(
         DATABASE_URL=start_postgres(state, "quern"),
         QUERN_WORKER_LEASE_S="3",
+        # A paused worker's open transaction (say, mid-sweep, holding the sweeper's lock) is
+        # ended by PostgreSQL after this long, as after 30 s by default.
+        QUERN_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS="5000",
         QUERN_WORKER_SWEEP_INTERVAL_S="0.5",
         QUERN_WORKER_RETRY_BASE_S="0.5",
         QUERN_WORKER_RETRY_CAP_S="2",
