@@ -10,6 +10,9 @@ to 0 rows) and the statement is a plain insert. Near a limit every create counts
 """
 
 import time
+from dataclasses import dataclass
+
+from db.repositories.predictions import Backlog
 
 # Far above what one deployment accepts (a few thousand creates a second at most).
 MAX_CREATES_PER_S = 5000.0
@@ -37,6 +40,32 @@ class Headroom:
         self._counts[key] = (count, time.monotonic())
         if len(self._counts) > MAX_KEYS:
             del self._counts[next(iter(self._counts))]
+
+
+@dataclass(frozen=True)
+class Scans:
+    """How far one create statement counts a version's queue and a caller's work in flight."""
+
+    version_id: str
+    owner_id: str
+    version: int
+    owner: int
+
+    def counted(self, backlog: Backlog) -> None:
+        """Remember the counts the statement made (a skipped count reads 0: not kept)."""
+        if self.version:
+            headroom.counted(f"queued:{self.version_id}", backlog.queued_for_version)
+        if self.owner:
+            headroom.counted(f"in-flight:{self.owner_id}", backlog.unfinished_for_owner)
+
+
+def scans(version_id: str, owner_id: str, version_limit: int, owner_limit: int) -> Scans:
+    return Scans(
+        version_id,
+        owner_id,
+        headroom.scan_limit(f"queued:{version_id}", version_limit),
+        headroom.scan_limit(f"in-flight:{owner_id}", owner_limit),
+    )
 
 
 headroom = Headroom()

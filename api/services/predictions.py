@@ -12,8 +12,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from api import database, metrics
-from api.backlog import headroom
+from api import backlog, database, metrics
 from api.cache import Cache
 from api.deps import Transaction, owner_scope
 from api.errors import (
@@ -142,9 +141,9 @@ async def create(
     version = version or await versions.resolve(cache, body)
     validated = validate_input(version.validator, body.input, settings.max_input_string_chars)
     prediction_id = prediction_id or new_id()
-    queue_key, owner_key = f"queued:{version.id}", f"in-flight:{user.id}"
-    version_scan = headroom.scan_limit(queue_key, settings.max_queued_per_version)
-    owner_scan = headroom.scan_limit(owner_key, settings.max_in_flight_per_user)
+    scans = backlog.scans(
+        version.id, user.id, settings.max_queued_per_version, settings.max_in_flight_per_user
+    )
     try:
         async with database.connection(pool) as conn:
             created = await predictions_async.create_within_limits(
@@ -158,18 +157,15 @@ async def create(
                 webhook_events_filter=events,
                 version_limit=settings.max_queued_per_version,
                 owner_limit=settings.max_in_flight_per_user,
-                version_scan=version_scan,
-                owner_scan=owner_scan,
+                version_scan=scans.version,
+                owner_scan=scans.owner,
                 source=source,
             )
     except psycopg.errors.ForeignKeyViolation:
         # The version was deleted after this process cached it, before it heard the notice.
         cache.clear()
         raise versions.missing(body) from None
-    if version_scan:
-        headroom.counted(queue_key, created.backlog.queued_for_version)
-    if owner_scan:
-        headroom.counted(owner_key, created.backlog.unfinished_for_owner)
+    scans.counted(created.backlog)
     if created.created_at is None:
         _refuse(created.backlog, version.model_ref, settings)
     log_format.prediction_id.set(prediction_id)
@@ -197,12 +193,10 @@ async def create_many(
 ) -> list[PredictionOut]:
     """`create` of one prediction per input of `version` (validated already: `validate_input`),
     all or none, in one round trip: they are queued together, so they run batched."""
-    queue_key, owner_key = f"queued:{version.id}", f"in-flight:{user.id}"
     # Room for all of them: each count only has to reach `limit - (count - 1)` to tell.
     version_limit = settings.max_queued_per_version - len(inputs) + 1
     owner_limit = settings.max_in_flight_per_user - len(inputs) + 1
-    version_scan = headroom.scan_limit(queue_key, version_limit)
-    owner_scan = headroom.scan_limit(owner_key, owner_limit)
+    scans = backlog.scans(version.id, user.id, version_limit, owner_limit)
     try:
         async with database.connection(pool) as conn:
             created = await predictions_async.create_many_within_limits(
@@ -213,17 +207,14 @@ async def create_many(
                 inputs=inputs,
                 version_limit=settings.max_queued_per_version,
                 owner_limit=settings.max_in_flight_per_user,
-                version_scan=version_scan,
-                owner_scan=owner_scan,
+                version_scan=scans.version,
+                owner_scan=scans.owner,
                 source=source,
             )
     except psycopg.errors.ForeignKeyViolation:
         cache.clear()  # the version was deleted after this process cached it
         raise versions.missing(PredictionCreate(version=version.id, input={})) from None
-    if version_scan:
-        headroom.counted(queue_key, created.backlog.queued_for_version)
-    if owner_scan:
-        headroom.counted(owner_key, created.backlog.unfinished_for_owner)
+    scans.counted(created.backlog)
     if created.created_at is None:
         _refuse(created.backlog, version.model_ref, settings, len(inputs))
     log.debug("%d predictions created for version %s", len(inputs), version.id)
