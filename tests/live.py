@@ -30,7 +30,9 @@ class LiveStack:
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """A uvicorn API, a Celery worker process and a webhooks worker process on the run's
-    database and Redis. Webhooks may go to loopback (the tests' receivers) and retry fast."""
+    database and Redis. Webhooks may go to loopback (the tests' receivers) and retry fast. Its
+    worker sweeps once, at start, and not again: the tests that sweep (tests/workers) must be
+    the only sweeper of the rows they stage, or another sweep may requeue them first."""
     logs = tmp_path_factory.mktemp("live")
     metrics_port, webhooks_metrics_port = free_port(), free_port()
     port = free_port()
@@ -43,6 +45,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         "QUERN_WORKER_WEBHOOK_TIMEOUT_S": "3",
         "QUERN_WORKER_WEBHOOK_LEASE_S": "5",
         "QUERN_WORKER_WEBHOOK_DISPATCH_INTERVAL_S": "0.5",
+        "QUERN_WORKER_SWEEP_INTERVAL_S": "86400",
     }
     webhooks = start(
         ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "webhooks",
