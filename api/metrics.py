@@ -39,6 +39,14 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 CREATED = Counter("quern_predictions_created_total", "Predictions created.", ["model"])
+CACHE_HITS = Counter(
+    "quern_cache_hits_total", "Predictions answered from the result cache.", ["model"]
+)
+CACHE_MISSES = Counter(
+    "quern_cache_misses_total",
+    "Predictions of caching versions with deterministic inputs the cache did not hold.",
+    ["model"],
+)
 CANCELED = Counter(
     "quern_predictions_canceled_total", "Predictions canceled through the API.", ["model"]
 )

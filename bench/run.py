@@ -101,6 +101,7 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per component
     percentiles: dict[int, float] = field(default_factory=dict)  # seconds, from wrk
     errors: int = 0
+    cache_hits: int = 0  # predictions answered from the result cache
 
     @property
     def throughput(self) -> float:
@@ -256,6 +257,30 @@ def register_versions(workload: Workload) -> tuple[str, str, str, str]:
         return ids[0], ids[1], base.weights, base.model_type
 
 
+def half_repeated(count: int) -> list[dict[str, Any]]:
+    """`2 * count` inputs, every other one a repeat of a text sent 128 requests before (done by
+    then at 32 in flight): half the requests repeat an earlier one, none cycles back."""
+    fresh = [f"Cache run sentence {n} about {TOPICS[n % 10]}." for n in range(count)]
+    return [{"text": t} for n in range(count) for t in (fresh[n], fresh[max(0, n - 64)])]
+
+
+def with_cache(version_id: str) -> str:
+    """A copy of the version (same model, same batching) with the result cache on."""
+    from db.repositories import models
+    from db.session import session_scope
+    from db.tables import ModelVersion
+
+    with session_scope() as session:
+        base = session.get(ModelVersion, version_id)
+        assert base is not None
+        copy = models.copy_version(
+            session, base, model_id=base.model_id, max_batch_size=base.max_batch_size,
+            max_batch_wait_ms=base.max_batch_wait_ms,
+        )  # fmt: skip
+        copy.cache_enabled = True
+        return copy.id
+
+
 # --- the client ---------------------------------------------------------------------------
 
 
@@ -381,16 +406,20 @@ def record_rows(run: Run, version: str, since: datetime) -> None:
     with session_scope() as session:
         rows = session.execute(
             text("SELECT status, extract(epoch FROM completed_at - created_at), "
-                 "(metrics->>'predict_time')::float, (metrics->>'batch_size')::int "
+                 "(metrics->>'predict_time')::float, (metrics->>'batch_size')::int, "
+                 "coalesce((metrics->>'cache_hit')::bool, false) "
                  "FROM predictions WHERE version_id = :v AND created_at >= :since"),
             {"v": version, "since": since},
         ).all()  # fmt: skip
-    for status, total, predict_time, batch_size in rows:
+    for status, total, predict_time, batch_size, cache_hit in rows:
         if status != "succeeded":
             run.errors += 1
             continue
         run.server_overheads.append(float(total) - predict_time)
-        run.batch_sizes.append(batch_size)
+        if cache_hit:
+            run.cache_hits += 1
+        else:
+            run.batch_sizes.append(batch_size)
 
 
 async def wrk_run(
@@ -504,6 +533,7 @@ def report(
     where: list[str],
     client: str,
     openai: Run | None = None,
+    cache_runs: tuple[Run, Run] | None = None,
 ) -> str:
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -573,6 +603,27 @@ def report(
             "request), for half as long; its errors are the predictions in flight when wrk "
             "stopped: a client that hangs up there cancels its prediction."
         )
+    if cache_runs is not None:
+        without, cached = cache_runs
+        lines.append(
+            "| embeddings, half the inputs repeats: with / without the result cache | "
+            f"{cached.throughput / without.throughput:.2f}x throughput, p50 "
+            f"{cached.latency(50) * 1000:.0f} / {without.latency(50) * 1000:.0f} ms, "
+            f"{cached.cache_hits / max(1, cached.count):.0%} hits | - |"
+        )
+        body += [
+            "",
+            "## embeddings with half the inputs repeated: the result cache",
+            "",
+            HEADER,
+            row(without, "predictions"),
+            row(cached, "predictions"),
+            "",
+            "The same inputs, every other one a repeat of a text sent 128 requests earlier, "
+            "posted to the batched version and to a copy of it with the result cache on, "
+            f"{cached.seconds:.0f} s each. Mean batch counts the predictions a model ran; "
+            f"{cached.cache_hits} of {cached.count} were answered from the cache.",
+        ]
     lines += [
         f"| accept path: API CPU ms per create | {accept.cpu_ms('api'):.2f} | ≤ 1.5 |",
         f"| accept path: predictions created per second | {accept.throughput:.0f}/s | ≥ 1,200/s |",
@@ -685,11 +736,30 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
             openai=True,
         )  # fmt: skip
         log(f"embeddings: OpenAI API, batched: {openai.throughput:.1f}/s")
+    cache_runs = None
+    if options.only in (None, "embeddings"):  # half the inputs repeat: with and without cache
+        repeating = half_repeated(int(6000 * options.scale) or 1)
+        cache_runs = (
+            await wrk_run(
+                stack, binary, token, "Quern, batched, no cache", versions["embeddings"][0],
+                repeating, connections=embeddings.in_flight, seconds=embeddings.seconds / 2,
+            ),
+            await wrk_run(
+                stack, binary, token, "Quern, batched, result cache on",
+                with_cache(versions["embeddings"][0]), repeating,
+                connections=embeddings.in_flight, seconds=embeddings.seconds / 2,
+            ),
+        )  # fmt: skip
+        log(f"embeddings, half repeats: {cache_runs[1].throughput:.1f}/s with the cache, "
+            f"{cache_runs[0].throughput:.1f}/s without")  # fmt: skip
     where = await profiled(stack, binary, token, versions["embeddings"][0], embeddings.inputs)
     rss = stack.api_rss_mb()
     listener.cancel()
     await client.http.aclose()
-    return report(sections, accept, overhead, rss, load_average, where, f"wrk ({binary})", openai)
+    return report(
+        sections, accept, overhead, rss, load_average, where, f"wrk ({binary})", openai,
+        cache_runs,
+    )  # fmt: skip
 
 
 def main() -> None:

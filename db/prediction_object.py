@@ -48,6 +48,7 @@ def prediction_object(p: Prediction, model: str, base_url: str) -> dict[str, Any
             # Measured by language models (models.base.Metered), as Replicate names them.
             "input_token_count": p.metrics.get("input_token_count"),
             "output_token_count": p.metrics.get("output_token_count"),
+            "cache_hit": p.metrics.get("cache_hit", False),
         },
         "webhook": p.webhook,
         "webhook_events_filter": p.webhook_events_filter,

@@ -29,6 +29,8 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
             "max_batch_size": 32,
             "max_batch_wait_ms": 5,
             "run_timeout_s": 60,
+            # An embedding of a text is always the same: repeats are answered from the cache.
+            "cache_enabled": True,
             "input_schema": {
                 "type": "object",
                 "properties": {
@@ -158,8 +160,8 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
 ]
 
 
-def _version_fields(version: Any) -> dict[str, Any]:
-    return {key: getattr(version, key) for key in BUILTIN_MODELS[0]["version"]}
+def _version_fields(version: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: getattr(version, key) for key in spec}
 
 
 def seed(session: Session) -> list[str]:
@@ -175,7 +177,8 @@ def seed(session: Session) -> list[str]:
                 session, owner_id=owner.id, name=spec["name"], description=spec["description"]
             ).id
         elif (
-            existing.latest_version and _version_fields(existing.latest_version) == spec["version"]
+            existing.latest_version
+            and _version_fields(existing.latest_version, spec["version"]) == spec["version"]
         ):
             continue
         else:

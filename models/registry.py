@@ -4,9 +4,13 @@
 by installing a package on the workers, without touching Quern.
 """
 
+import hashlib
 import importlib
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from models.base import Predictor
 
@@ -25,7 +29,29 @@ OUTPUT_SCHEMAS: dict[str, dict[str, object]] = {
     "text-generation": {"type": "string"},
     "text-to-image": {"type": "array", "items": {"type": "string", "format": "uri"}},
 }
+# Types whose outputs are files: the result cache does not answer them (a file belongs to the
+# prediction that made it, and to its owner).
+FILE_OUTPUTS = frozenset({"text-to-image"})
 CLASS_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def is_deterministic(model_type: str, input: Mapping[str, Any]) -> bool:
+    """Whether this (validated) input always gets the same output, so that a repeat may be
+    answered from the result cache. Text generation: when it is greedy (temperature 0) or
+    asks for a `seed` (then the cache is what makes a seed reproducible across batches). A
+    custom class: its version's author says so by enabling the cache."""
+    if model_type == "text-generation":
+        return input.get("temperature") == 0 or input.get("seed") is not None
+    return model_type not in FILE_OUTPUTS
+
+
+def cache_key(model_type: str, input: Mapping[str, Any]) -> bytes | None:
+    """SHA-256 of a deterministic (validated) input in canonical form (keys sorted), which
+    names its result cache entry; None for any other input."""
+    if not is_deterministic(model_type, input):
+        return None
+    canonical = json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).digest()
 
 
 class UnknownModelType(Exception):

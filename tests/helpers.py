@@ -41,9 +41,11 @@ def create_version(
     max_batch_wait_ms: int,
     builtin: str = "all-minilm-l6-v2",
     run_timeout_s: int | None = None,
+    cache: dict[str, object] | None = None,
 ) -> str:
     """A new model (owned by the system user) whose one version copies a built-in model's
-    latest version with these batching limits. Returns the version id."""
+    latest version with these batching limits (and `cache`: the row's cache_* columns, e.g.
+    `{"enabled": True}`). Returns the version id."""
     from db.repositories import models
     from db.seed import SYSTEM_USER
 
@@ -52,14 +54,17 @@ def create_version(
         assert original is not None and original.latest_version is not None
         base = original.latest_version
         model = models.create(session, owner_id=original.model.owner_id, name=new_username())
-        return models.copy_version(
+        version = models.copy_version(
             session,
             base,
             model_id=model.id,
             max_batch_size=max_batch_size,
             max_batch_wait_ms=max_batch_wait_ms,
             run_timeout_s=run_timeout_s,
-        ).id
+        )
+        for name, value in (cache or {}).items():
+            setattr(version, f"cache_{name}", value)
+        return version.id
 
 
 def create_prediction_row(

@@ -62,6 +62,8 @@ METRICS = {
     "quern_prediction_retries_total",
     "quern_gpu_memory_bytes",
     "quern_webhook_deliveries_total",
+    "quern_cache_hits_total",
+    "quern_cache_misses_total",
     "flower_worker_online",
     "up",
 }
@@ -75,6 +77,8 @@ REQUIRED_ON_DASHBOARD = {
     "quern_batch_size_bucket",
     "quern_prediction_retries_total",
     "quern_webhook_deliveries_total",
+    "quern_cache_hits_total",
+    "quern_cache_misses_total",
     "flower_worker_online",  # worker count, and up{job="worker"}
     "up",
     "quern_model_load_seconds_sum",

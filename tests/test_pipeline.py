@@ -42,6 +42,23 @@ def test_embedding_prediction_succeeds_with_384_normalised_floats(live: LiveStac
     assert done["started_at"] and done["completed_at"] and "Predicted in" in str(done["logs"])
 
 
+def test_a_repeated_embedding_is_answered_from_the_cache_with_the_same_vector(
+    live: LiveStack,
+) -> None:
+    text = "The result cache remembers this sentence."
+    first = create(live, "quern/all-minilm-l6-v2", {"text": text})
+    done = wait_for_prediction(live.client, f"/v1/predictions/{first['id']}", live.headers, 240)
+    metrics = done["metrics"]
+    assert done["status"] == "succeeded" and isinstance(metrics, dict) and not metrics["cache_hit"]
+    again = live.client.post(
+        "/v1/predictions",
+        json={"model": "quern/all-minilm-l6-v2", "input": {"text": text}},
+        headers=live.headers | {"Prefer": "wait"},
+    ).json()
+    assert (again["status"], again["output"]) == ("succeeded", done["output"])
+    assert again["metrics"]["cache_hit"] is True and again["id"] != done["id"]
+
+
 def test_text_generation_prediction_succeeds_with_text(live: LiveStack) -> None:
     created = create(
         live,

@@ -7,6 +7,7 @@ batch computes while the last one is written. Output chunks a model emits while 
 out as events (workers/events.py) as they come.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from models.base import (
     output_sink,
     stop_check,
 )
-from models.registry import UnknownModelType
+from models.registry import UnknownModelType, cache_key
 from models.weights import WeightsNotFound
 from workers import metrics
 from workers.batcher import Pending
@@ -98,6 +99,40 @@ def predict_isolating(
     ]
 
 
+def predict_once_each(
+    runtime: "WorkerRuntime", predictor: Predictor, claims: list[Claim], version: ModelVersion
+) -> list[Outcome]:
+    """`predict_isolating`, computing identical inputs once when the version caches results
+    (single flight: the result cache cannot answer requests that arrive together). A repeat
+    shares the first one's outcome; its output is published whole, not streamed."""
+    first: dict[bytes, int] = {}
+    computed_by = list(range(len(claims)))
+    if version.cache_enabled:
+        for i, claim in enumerate(claims):
+            key = cache_key(version.model_type, claim.input)
+            if key is not None:
+                computed_by[i] = first.setdefault(key, i)
+    computing = sorted(set(computed_by))
+    if len(computing) == len(claims):
+        return predict_isolating(runtime, predictor, claims, version.model_type)
+    log.info(
+        "%d of %d inputs repeat another in the batch", len(claims) - len(computing), len(claims)
+    )
+    outcomes = dict(
+        zip(
+            computing,
+            predict_isolating(
+                runtime, predictor, [claims[i] for i in computing], version.model_type
+            ),
+            strict=True,
+        )
+    )
+    return [
+        outcomes[j] if i == j else dataclasses.replace(outcomes[j], streamed=False)
+        for i, j in enumerate(computed_by)
+    ]
+
+
 def _outcome(output: Any, elapsed: float, batch_size: int, streamed: bool) -> Outcome:
     if isinstance(output, PredictionError):
         return Outcome(error=str(output), predict_time=elapsed, batch_size=batch_size)
@@ -149,7 +184,7 @@ def _run_batch(runtime: "WorkerRuntime", version: ModelVersion, batch: list[Pend
         if just_loaded:
             notes.append(f"Loaded {version.model_type} model in {loaded.load_seconds:.2f}s")
         with runtime.compute_lock:
-            outcomes = predict_isolating(runtime, loaded.predictor, claims, version.model_type)
+            outcomes = predict_once_each(runtime, loaded.predictor, claims, version)
         metrics.observe_gpu_memory()
     model = runtime.model_ref(version.id)
     future = runtime.recorder.submit(record, runtime, claims, outcomes, notes, model)

@@ -15,7 +15,7 @@ from pydantic import (
 from api.schemas.base import RequestBody, ResponseBody
 from api.services.cog_schema import COG_VERSION, openapi_schema
 from api.services.inputs import check_input_schema
-from models.registry import CLASS_PATH_PATTERN, CUSTOM, MODEL_TYPES
+from models.registry import CLASS_PATH_PATTERN, CUSTOM, FILE_OUTPUTS, MODEL_TYPES
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
 
@@ -89,6 +89,29 @@ class ModelUpdate(RequestBody):
 ModelType = Literal[tuple([*MODEL_TYPES, CUSTOM])]  # type: ignore[valid-type]
 
 
+class CacheSettings(RequestBody):
+    """The version's result cache: a repeat of a deterministic input is answered at once with
+    the output of an earlier prediction, as a new prediction of the caller's."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Answer repeats from the cache. Which inputs are deterministic: all for "
+        "embeddings and custom classes, for text generation those with `temperature` 0 or a "
+        "`seed`; never types whose outputs are files (text-to-image).",
+    )
+    ttl_s: int = Field(
+        default=86400,
+        ge=1,
+        le=30 * 86400,
+        description="How long after it succeeded a prediction's output may answer a repeat.",
+    )
+    shared: bool = Field(
+        default=False,
+        description="Answer one user's request with another user's output. Off: an output can "
+        "reveal someone else's input.",
+    )
+
+
 class VersionCreate(RequestBody):
     # For the document: `predictor` (a string) with model_type `custom`, and only then.
     model_config = ConfigDict(
@@ -126,6 +149,7 @@ class VersionCreate(RequestBody):
     max_batch_size: int = Field(default=1, ge=1, le=256)
     max_batch_wait_ms: int = Field(default=5, ge=0, le=60_000)
     run_timeout_s: int = Field(default=300, ge=1, le=3600)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("input_schema")
     @classmethod
@@ -141,6 +165,21 @@ class VersionCreate(RequestBody):
             raise ValueError("give `predictor` for model_type custom, and only then")
         return predictor
 
+    @field_validator("cache")
+    @classmethod
+    def no_cache_of_files(cls, cache: CacheSettings, info: ValidationInfo) -> CacheSettings:
+        if cache.enabled and info.data.get("model_type") in FILE_OUTPUTS:
+            raise ValueError("outputs that are files are not cached: a file is its owner's")
+        return cache
+
+    def stored(self) -> dict[str, Any]:
+        """The fields as the version's row has them."""
+        return self.model_dump(exclude={"cache"}) | {
+            "cache_enabled": self.cache.enabled,
+            "cache_ttl_s": self.cache.ttl_s,
+            "cache_shared": self.cache.shared,
+        }
+
 
 class VersionOut(ResponseBody):
     id: str
@@ -151,6 +190,7 @@ class VersionOut(ResponseBody):
     max_batch_size: int
     max_batch_wait_ms: int
     run_timeout_s: int
+    cache: CacheSettings
     created_at: datetime
     cog_version: str = COG_VERSION
 

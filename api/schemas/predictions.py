@@ -151,6 +151,11 @@ class PredictionMetrics(ResponseBody):
     output_token_count: int | None = Field(
         default=None, description="Language models: the tokens generated."
     )
+    cache_hit: bool = Field(
+        default=False,
+        description="Answered at once from the result cache with an earlier prediction's output "
+        "(the version caches, and the input is deterministic): no model ran.",
+    )
 
 
 class PredictionOut(ResponseBody):

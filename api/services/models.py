@@ -157,7 +157,7 @@ def create_version(
     without restarting them."""
     # The new version becomes the latest for everyone who runs `owner/name`.
     row = _owned(session, owner, name, by=by, any_model=any_model)
-    version = models.create_version(session, model_id=row.model.id, **body.model_dump())
+    version = models.create_version(session, model_id=row.model.id, **body.stored())
     # API processes drop their cached `owner/name` → latest version once this commits.
     cache_notices.announce(session, what=cache_notices.VERSIONS)
     return VersionOut.model_validate(version)

@@ -30,7 +30,7 @@ from api.schemas.predictions import (
     PredictionOut,
     PredictionPage,
 )
-from api.services import versions
+from api.services import result_cache, versions
 from api.services.inputs import validate_input
 from api.services.versions import Version
 from api.settings import ApiSettings
@@ -39,6 +39,7 @@ from db.ids import is_id, new_id
 from db.prediction_object import prediction_object
 from db.repositories import idempotency_keys, predictions, predictions_async
 from db.repositories.predictions import UNFINISHED, Backlog, Cursor, PredictionWithModel
+from db.repositories.predictions_async import Hit
 from db.session import session_scope
 from db.tables import ALL_EVENTS, Prediction, PredictionSource, PredictionStatus, User
 
@@ -144,6 +145,7 @@ async def create(
     scans = backlog.scans(
         version.id, user.id, settings.max_queued_per_version, settings.max_in_flight_per_user
     )
+    in_cache = result_cache.lookup(version.cache, validated, user.id)
     try:
         async with database.connection(pool) as conn:
             created = await predictions_async.create_within_limits(
@@ -160,6 +162,7 @@ async def create(
                 version_scan=scans.version,
                 owner_scan=scans.owner,
                 source=source,
+                cache=in_cache,
             )
     except psycopg.errors.ForeignKeyViolation:
         # The version was deleted after this process cached it, before it heard the notice.
@@ -170,11 +173,15 @@ async def create(
         _refuse(created.backlog, version.model_ref, settings)
     log_format.prediction_id.set(prediction_id)
     log.debug("prediction created for version %s", version.id)
-    publisher.submit(prediction_id, version.id, version.hardware)
     metrics.CREATED.labels(version.model_ref).inc()
+    if in_cache is not None:
+        counter = metrics.CACHE_HITS if created.hit else metrics.CACHE_MISSES
+        counter.labels(version.model_ref).inc()
+    if created.hit is None:
+        publisher.submit(prediction_id, version.id, version.hardware)
     return _queued(
         prediction_id, user, version, validated, created.created_at, base_url, source,
-        deadline=deadline, webhook=body.webhook, webhook_events_filter=events,
+        deadline=deadline, webhook=body.webhook, webhook_events_filter=events, hit=created.hit,
     )  # fmt: skip
 
 
@@ -266,22 +273,24 @@ def _queued(
     deadline: datetime | None = None,
     webhook: str | None = None,
     webhook_events_filter: list[str] | None = None,
+    hit: Hit | None = None,
 ) -> PredictionOut:
-    """The answer for a prediction just inserted, built without reading it back."""
+    """The answer for a prediction just inserted (queued, or answered by the result cache:
+    `hit`), built without reading it back."""
     prediction = Prediction(
         id=prediction_id,
         owner_id=user.id,
         version_id=version.id,
         input=input,
-        output=None,
-        logs="",
+        output=None if hit is None else hit.output,
+        logs="" if hit is None else hit.logs,
         error=None,
-        status=PredictionStatus.STARTING,
+        status=PredictionStatus.STARTING if hit is None else PredictionStatus.SUCCEEDED,
         attempts=0,
-        metrics={},
+        metrics={} if hit is None else hit.metrics,
         created_at=created_at,
-        started_at=None,
-        completed_at=None,
+        started_at=None if hit is None else created_at,
+        completed_at=None if hit is None else created_at,
         deadline=deadline,
         webhook=webhook,
         webhook_events_filter=webhook_events_filter,

@@ -13,6 +13,7 @@ from api.cache import Cache
 from api.errors import Unprocessable
 from api.schemas.predictions import PredictionCreate
 from api.services.inputs import input_validator
+from api.services.result_cache import CacheRule
 from db.repositories import models
 from db.session import session_scope
 
@@ -25,6 +26,7 @@ class Version:
     validator: Draft202012Validator
     model_type: str = ""  # a key of models.registry (text-generation, embeddings...)
     created_at: datetime | None = None
+    cache: CacheRule | None = None  # None: the version answers nothing from the result cache
 
 
 async def resolve(cache: Cache[Version], body: PredictionCreate) -> Version:
@@ -69,6 +71,17 @@ def load(session: Session, body: PredictionCreate) -> Version:
             raise missing(body, "No such model" if model is None else "Model has no versions")
         version, model_ref = model.latest_version, model.ref
     validator = input_validator(version.input_schema)
+    cache = (
+        CacheRule(version.model_type, version.cache_ttl_s, version.cache_shared)
+        if version.cache_enabled
+        else None
+    )
     return Version(
-        version.id, version.hardware, model_ref, validator, version.model_type, version.created_at
+        version.id,
+        version.hardware,
+        model_ref,
+        validator,
+        version.model_type,
+        version.created_at,
+        cache,
     )

@@ -154,6 +154,9 @@ def create_version(
     max_batch_wait_ms: int,
     run_timeout_s: int,
     predictor: str | None = None,
+    cache_enabled: bool = False,
+    cache_ttl_s: int = 86400,
+    cache_shared: bool = False,
 ) -> ModelVersion:
     version = ModelVersion(
         predictor=predictor,
@@ -165,6 +168,9 @@ def create_version(
         max_batch_size=max_batch_size,
         max_batch_wait_ms=max_batch_wait_ms,
         run_timeout_s=run_timeout_s,
+        cache_enabled=cache_enabled,
+        cache_ttl_s=cache_ttl_s,
+        cache_shared=cache_shared,
     )
     session.add(version)
     session.flush()
@@ -180,7 +186,8 @@ def copy_version(
     max_batch_wait_ms: int,
     run_timeout_s: int | None = None,
 ) -> ModelVersion:
-    """A version of `model_id` that runs `base`'s weights with other batching limits."""
+    """A version of `model_id` that runs `base`'s weights with other batching limits (and no
+    result cache)."""
     return create_version(
         session,
         model_id=model_id,

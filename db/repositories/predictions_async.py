@@ -34,31 +34,88 @@ WITH queued AS (
     ) AS rows
 ), """
 
+# A result cache entry for the new prediction's input (api/services/result_cache.py), if the
+# caller looks for one (cache_key not NULL): the newest of the version's succeeded predictions
+# with that key within the TTL, the caller's own unless the cache is shared, with no files.
+_CACHED = """cached AS (
+    SELECT c.id, c.owner_id, c.output, c.metrics, c.completed_at FROM predictions c
+    WHERE %(cache_key)s::bytea IS NOT NULL
+        AND c.version_id = %(version_id)s AND c.cache_key = %(cache_key)s
+        AND c.status = 'succeeded'
+        AND c.completed_at > now() - make_interval(secs => %(cache_ttl_s)s)
+        AND (%(cache_owner_id)s::text IS NULL OR c.owner_id = %(cache_owner_id)s)
+        AND NOT EXISTS (SELECT FROM files f WHERE f.prediction_id = c.id)
+    ORDER BY c.completed_at DESC
+    LIMIT 1
+), """
+# A hit's metrics: nothing was computed; a language model's token counts are the entry's.
+_HIT_METRICS = """jsonb_build_object('cache_hit', true, 'predict_time', 0)
+    || jsonb_strip_nulls(jsonb_build_object(
+        'input_token_count', cached.metrics->'input_token_count',
+        'output_token_count', cached.metrics->'output_token_count'))"""
+_HIT_LOGS = """'Served from the result cache: the output of '
+    || CASE WHEN cached.owner_id = %(owner_id)s THEN 'prediction ' || cached.id
+       ELSE 'a prediction' END
+    || ', succeeded at ' || to_char(cached.completed_at AT TIME ZONE 'UTC',
+                                    'YYYY-MM-DD"T"HH24:MI:SS"Z"') || E'\\n'"""
+
 _CREATE_WITHIN_LIMITS = (
     _BACKLOG  # noqa: S608 (constants only)
-    + """inserted AS (
+    + _CACHED
+    + f"""inserted AS (
     INSERT INTO predictions (
         id, owner_id, version_id, input, deadline, webhook, webhook_events_filter,
-        status, enqueued_at, source
+        status, enqueued_at, source, cache_key, output, metrics, logs, started_at, completed_at
     )
     SELECT %(id)s, %(owner_id)s, %(version_id)s, %(input)s, %(deadline)s, %(webhook)s,
-        %(webhook_events_filter)s, 'starting', now(), %(source)s
-    FROM queued, in_flight
-    WHERE queued.n < %(version_limit)s AND in_flight.n < %(owner_limit)s
-    RETURNING created_at
+        %(webhook_events_filter)s,
+        CASE WHEN cached.id IS NULL THEN 'starting' ELSE 'succeeded' END,
+        CASE WHEN cached.id IS NULL THEN now() END, %(source)s, %(cache_key)s, cached.output,
+        CASE WHEN cached.id IS NULL THEN '{{}}'::jsonb ELSE {_HIT_METRICS} END,
+        CASE WHEN cached.id IS NULL THEN '' ELSE {_HIT_LOGS} END,
+        CASE WHEN cached.id IS NOT NULL THEN now() END,
+        CASE WHEN cached.id IS NOT NULL THEN now() END
+    FROM queued CROSS JOIN in_flight LEFT JOIN cached ON true
+    -- A hit queues nothing: the backlog limits do not refuse it.
+    WHERE cached.id IS NOT NULL
+        OR (queued.n < %(version_limit)s AND in_flight.n < %(owner_limit)s)
+    RETURNING created_at, status, output, metrics, logs
 )
-SELECT queued.n, in_flight.n, (SELECT created_at FROM inserted) FROM queued, in_flight
-"""
+SELECT queued.n, in_flight.n, inserted.created_at, inserted.status = 'succeeded',
+    inserted.output, inserted.metrics, inserted.logs
+FROM queued CROSS JOIN in_flight LEFT JOIN inserted ON true
+"""  # noqa: S608 (constants only)
 )
 
 
 @dataclass(frozen=True)
+class CacheLookup:
+    """A result cache entry to look for: one under `key` younger than `ttl_s`, of `owner_id`
+    (None: anyone's)."""
+
+    key: bytes
+    ttl_s: int
+    owner_id: str | None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A prediction created already `succeeded` from the result cache."""
+
+    output: Any
+    metrics: dict[str, Any]
+    logs: str
+
+
+@dataclass(frozen=True)
 class Created:
-    """`created_at` of the new `starting` row (marked as enqueued: the caller publishes it),
-    or None when the backlog was at a limit and nothing was inserted."""
+    """`created_at` of the new row, or None when the backlog was at a limit and nothing was
+    inserted. The row is `starting` (marked as enqueued: the caller publishes it), unless the
+    result cache answered it (`hit`)."""
 
     created_at: datetime | None
     backlog: Backlog
+    hit: Hit | None = None
 
 
 async def create_within_limits(
@@ -76,8 +133,10 @@ async def create_within_limits(
     version_scan: int | None = None,
     owner_scan: int | None = None,
     source: str = PredictionSource.API,
+    cache: CacheLookup | None = None,
 ) -> Created:
-    """Scans default to the limits (exact counts); 0 skips a count (it reads as 0)."""
+    """Scans default to the limits (exact counts); 0 skips a count (it reads as 0). `cache`:
+    answer from the result cache if it holds this input."""
     cursor = await conn.execute(
         _CREATE_WITHIN_LIMITS,
         {
@@ -93,12 +152,16 @@ async def create_within_limits(
             "owner_limit": owner_limit,
             "version_scan": version_limit if version_scan is None else version_scan,
             "owner_scan": owner_limit if owner_scan is None else owner_scan,
+            "cache_key": None if cache is None else cache.key,
+            "cache_ttl_s": 0 if cache is None else cache.ttl_s,
+            "cache_owner_id": None if cache is None else cache.owner_id,
         },
     )
     row = await cursor.fetchone()
     assert row is not None  # the final SELECT always has one row
-    queued, in_flight, created_at = row
-    return Created(created_at, Backlog(queued_for_version=queued, unfinished_for_owner=in_flight))
+    queued, in_flight, created_at, hit, output, metrics, logs = row
+    backlog = Backlog(queued_for_version=queued, unfinished_for_owner=in_flight)
+    return Created(created_at, backlog, Hit(output, metrics, logs) if hit else None)
 
 
 _SELECT = """

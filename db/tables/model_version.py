@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, func
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, false, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base
@@ -23,6 +23,7 @@ class ModelVersion(Base):
         CheckConstraint("max_batch_size >= 1", name="max_batch_size"),
         CheckConstraint("max_batch_wait_ms >= 0", name="max_batch_wait_ms"),
         CheckConstraint("run_timeout_s >= 1", name="run_timeout_s"),
+        CheckConstraint("cache_ttl_s >= 1", name="cache_ttl_s"),
         Index("ix_model_versions_model_id_created_at", "model_id", "created_at"),
     )
 
@@ -39,4 +40,19 @@ class ModelVersion(Base):
     max_batch_size: Mapped[int] = mapped_column(default=1)
     max_batch_wait_ms: Mapped[int] = mapped_column(default=5)
     run_timeout_s: Mapped[int] = mapped_column(default=300)
+    # The result cache (api/services/result_cache.py): a repeated deterministic input is answered
+    # with the output of a prediction that succeeded within cache_ttl_s, the caller's own unless
+    # cache_shared (an output can reveal someone else's input).
+    cache_enabled: Mapped[bool] = mapped_column(default=False, server_default=false())
+    cache_ttl_s: Mapped[int] = mapped_column(default=86400, server_default="86400")
+    cache_shared: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    @property
+    def cache(self) -> dict[str, Any]:
+        """The cache settings as the API shows them (`VersionOut.cache`)."""
+        return {
+            "enabled": self.cache_enabled,
+            "ttl_s": self.cache_ttl_s,
+            "shared": self.cache_shared,
+        }

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, func, text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, String, Text, func, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -73,6 +73,14 @@ class Prediction(Base):
             "owner_id",
             postgresql_where=text("status IN ('starting', 'processing')"),
         ),
+        # The result cache's entries: succeeded rows with a key, newest last per key.
+        Index(
+            "ix_predictions_cache_entries",
+            "version_id",
+            "cache_key",
+            "completed_at",
+            postgresql_where=text("status = 'succeeded' AND cache_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)
@@ -108,3 +116,6 @@ class Prediction(Base):
     source: Mapped[str] = mapped_column(
         String(16), default=PredictionSource.API, server_default=PredictionSource.API.value
     )
+    # SHA-256 of the validated input in canonical form, when the version caches results and
+    # the input is deterministic: once succeeded, the row answers repeats of it.
+    cache_key: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -197,3 +197,18 @@ def test_an_idle_model_runs_a_lone_prediction_without_waiting_out_the_window(
     run_together(runtime, version, ids)
     run_together(runtime, version, [create_prediction_row(version) for _ in range(3)])
     assert [len(batch) for batch in predictor.batches[2:]] == [2, 3]
+
+
+def test_identical_inputs_in_one_batch_of_a_caching_version_are_computed_once(
+    runtime: StandInRuntime,
+) -> None:
+    predictor = runtime.use(Recording)
+    version = create_version(max_batch_size=8, max_batch_wait_ms=300, cache={"enabled": True})
+    texts = ["same", "other", "same", "same"]
+    done = run_together(runtime, version, [create_prediction_row(version, text=t) for t in texts])
+    assert predictor.batches == [["same", "other"]]
+    assert [(p.status, p.output) for p in done] == [("succeeded", [float(len(t))]) for t in texts]
+
+    uncached = create_version(max_batch_size=8, max_batch_wait_ms=300)
+    run_together(runtime, uncached, [create_prediction_row(uncached, text="same") for _ in "ab"])
+    assert predictor.batches[-1] == ["same", "same"]  # without the cache: each runs

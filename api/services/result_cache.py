@@ -1,0 +1,33 @@
+"""The result cache: a repeat of a deterministic input is answered with an earlier output.
+
+Entries are the predictions themselves: a prediction created with a cache key (SHA-256 of its
+validated input in canonical form: defaults filled in, keys sorted) is an entry once it has
+succeeded, for its version's `ttl_s`. The create statement looks one up and, on a hit, inserts
+the new prediction already `succeeded` with that output (db/repositories/predictions_async.py):
+one round trip either way, no second store to keep in step, and nothing canceled or failed is
+ever served. Outputs that hold files are never served (a file is its owner's). Identical inputs
+that meet in one batch are computed once (workers/batches.py).
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from db.repositories.predictions_async import CacheLookup
+from models.registry import cache_key
+
+
+@dataclass(frozen=True)
+class CacheRule:
+    """A caching version's settings (models/registry.py says which inputs are deterministic)."""
+
+    model_type: str
+    ttl_s: int
+    shared: bool  # answer one user with another's output
+
+
+def lookup(rule: CacheRule | None, input: dict[str, Any], owner_id: str) -> CacheLookup | None:
+    """The lookup for this validated input, or None when it is not cached."""
+    key = None if rule is None else cache_key(rule.model_type, input)
+    if rule is None or key is None:
+        return None
+    return CacheLookup(key, rule.ttl_s, None if rule.shared else owner_id)
