@@ -183,6 +183,11 @@ class Conflict(ApiError):
     title = "Conflict"
 
 
+class PayloadTooLarge(ApiError):
+    status = 413
+    title = "Payload too large"
+
+
 class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable entity"

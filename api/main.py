@@ -62,7 +62,9 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     # The last added runs first: metrics see every answer, and a 413 carries its request id.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Uploads (a file, its form fields, the multipart framing) have their own, larger limit.
+    uploads = {"/v1/files": settings.max_file_bytes + 64 * 1024}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, by_path=uploads)
     app.add_middleware(RequestId)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)

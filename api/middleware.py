@@ -51,20 +51,23 @@ class RequestId:
 
 
 class BodySizeLimit:
-    """413 for a body over `max_bytes`: by its Content-Length, or while it streams in."""
+    """413 for a body over `max_bytes` (or the limit `by_path` gives its exact path): by its
+    Content-Length, or while it streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, by_path: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.detail = f"The request body is larger than {max_bytes} bytes"
+        self.by_path = by_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.by_path.get(scope["path"], self.max_bytes)
+        detail = f"The request body is larger than {limit} bytes"
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_bytes:
-            answer = error_for(scope["path"], 413, "Payload too large", self.detail)
+        if not declared.isdigit() or int(declared) > limit:
+            answer = error_for(scope["path"], 413, "Payload too large", detail)
             await answer(scope, receive, send)
             return
         received = 0
@@ -73,9 +76,9 @@ class BodySizeLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > limit:
                 # FastAPI lets an HTTPException raised while reading the body through.
-                raise HTTPException(413, self.detail)
+                raise HTTPException(413, detail)
             return message
 
         await self.app(scope, limited_receive, send)

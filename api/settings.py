@@ -29,6 +29,12 @@ class ApiSettings(BaseSettings):
     broker_visibility_timeout_s: int = 3600
     # Starlette has no limit of its own; prompts and texts fit easily in this.
     max_body_bytes: int = 1024 * 1024
+    # Uploads (POST /v1/files): the largest file, and how long it is kept before the cleaner
+    # removes it. The body limit above does not apply to uploads: this one does.
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    file_ttl_s: int = Field(default=24 * 3600, ge=60, le=365 * 24 * 3600)
+    # A `data:` URL given as a file input: at most this many bytes once decoded.
+    max_data_url_bytes: int = Field(default=1024 * 1024, ge=1)
     # Backpressure: a version with this many queued predictions answers 503 + Retry-After.
     max_queued_per_version: int = Field(default=10_000, ge=1)
     page_size_default: int = 20

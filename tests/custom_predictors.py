@@ -36,3 +36,24 @@ class Sized:
 
     def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
         return [str(self.weights) for _ in inputs]
+
+
+class Digest:
+    """Reads the file it is given (a path, as the worker hands file inputs over): its size,
+    SHA-256 and extension."""
+
+    def __init__(self, weights: Path, device: str) -> None: ...
+
+    def setup(self) -> None: ...
+
+    def predict_batch(self, inputs: list[dict[str, Any]]) -> list[Any]:
+        import hashlib
+
+        return [
+            {
+                "size": item["file"].stat().st_size,
+                "sha256": hashlib.sha256(item["file"].read_bytes()).hexdigest(),
+                "suffix": item["file"].suffix,
+            }
+            for item in inputs
+        ]

@@ -1,8 +1,11 @@
 """Replicate's official Python client (`replicate` 1.0.7), unchanged, against the live stack:
 a uvicorn API and a real Celery worker running the built-in models."""
 
+import base64
+import hashlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +26,10 @@ pytestmark = pytest.mark.slow
 EMBEDDINGS = "quern/all-minilm-l6-v2"
 LLM = "quern/smollm2-135m-instruct"
 PROMPT = {"prompt": "Name a colour.", "max_new_tokens": 12, "seed": 7}
+# A 1x1 PNG, 70 bytes.
+PIXEL_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
 
 
 def client_for(live: LiveStack, headers: dict[str, str] | None = None) -> replicate.Client:
@@ -273,3 +280,38 @@ def test_a_webhook_quern_sent_passes_the_clients_own_validator(
     client.webhooks.validate(headers=received.headers, body=body, secret=secret)  # raises if not
     with pytest.raises(WebhookValidationError):
         client.webhooks.validate(headers=received.headers, body=body + " ", secret=secret)
+
+
+def test_run_uploads_a_local_file_which_the_worker_hands_the_model(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    admin_headers = register_admin(live.client)
+    admin = client_for(live, admin_headers)
+    name = new_username()
+    me = admin.accounts.current().username
+    admin.models.create(owner=me, name=name, visibility="public", hardware="cpu")
+    schema = {"type": "object", "properties": {"file": {"type": "string", "format": "uri"}},
+              "required": ["file"]}  # fmt: skip
+    version = live.client.post(
+        f"/v1/models/{me}/{name}/versions",
+        json={"model_type": "custom", "predictor": "tests.custom_predictors:Digest",
+              "weights": "package://tests", "input_schema": schema},
+        headers=admin_headers,
+    )  # fmt: skip
+    assert version.status_code == 201, version.text
+    image = tmp_path / "pixel.png"
+    image.write_bytes(PIXEL_PNG)
+    expected = {"size": len(PIXEL_PNG), "sha256": hashlib.sha256(PIXEL_PNG).hexdigest()}
+
+    with image.open("rb") as file:  # uploaded by the client (POST /v1/files), passed by URL
+        output = admin.run(f"{me}/{name}", input={"file": file})
+    assert output == expected | {"suffix": ".png"}
+    (uploaded,) = admin.files.list()
+    assert (uploaded.name, uploaded.content_type, uploaded.size) == ("pixel.png", "image/png", 70)
+    assert admin.files.get(uploaded.id).checksums["sha256"] == expected["sha256"]
+
+    with image.open("rb") as file:  # or inline, as a data: URL
+        output = admin.run(f"{me}/{name}", input={"file": file}, file_encoding_strategy="base64")
+    assert output == expected | {"suffix": ".png"}
+    admin.files.delete(uploaded.id)
+    assert admin.files.list() == []

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from db import log_format
+from db.file_inputs import file_fields
 from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope
@@ -31,7 +32,7 @@ from models.base import (
 )
 from models.registry import UnknownModelType, cache_key
 from models.weights import WeightsNotFound
-from workers import metrics
+from workers import file_inputs, metrics
 from workers.batcher import Pending
 from workers.recording import Outcome, record
 
@@ -102,9 +103,11 @@ def predict_isolating(
 def predict_once_each(
     runtime: "WorkerRuntime", predictor: Predictor, claims: list[Claim], version: ModelVersion
 ) -> list[Outcome]:
-    """`predict_isolating`, computing identical inputs once when the version caches results
-    (single flight: the result cache cannot answer requests that arrive together). A repeat
-    shares the first one's outcome; its output is published whole, not streamed."""
+    """`predict_isolating` (under the compute lock) with the inputs' files made local first
+    (workers/file_inputs.py: an input whose file cannot be had fails alone), computing
+    identical inputs once when the version caches results (single flight: the result cache
+    cannot answer requests that arrive together). A repeat shares the first one's outcome; its
+    output is published whole, not streamed."""
     first: dict[bytes, int] = {}
     computed_by = list(range(len(claims)))
     if version.cache_enabled:
@@ -112,25 +115,23 @@ def predict_once_each(
             key = cache_key(version.model_type, claim.input)
             if key is not None:
                 computed_by[i] = first.setdefault(key, i)
-    computing = sorted(set(computed_by))
-    if len(computing) == len(claims):
-        return predict_isolating(runtime, predictor, claims, version.model_type)
-    log.info(
-        "%d of %d inputs repeat another in the batch", len(claims) - len(computing), len(claims)
-    )
-    outcomes = dict(
-        zip(
-            computing,
-            predict_isolating(
-                runtime, predictor, [claims[i] for i in computing], version.model_type
-            ),
-            strict=True,
-        )
-    )
+    computing = [claims[i] for i in sorted(set(computed_by))]
+    if len(computing) < len(claims):
+        log.info("%d of %d inputs repeat another in the batch", len(claims) - len(computing),
+                 len(claims))  # fmt: skip
+    fields = file_fields(version.input_schema)
+    with (
+        file_inputs.localized(computing, fields, runtime.settings) as (ready, failed),
+        runtime.compute_lock,
+    ):
+        ran = predict_isolating(runtime, predictor, ready, version.model_type) if ready else []
+    outcomes = dict(zip([claim.id for claim in ready], ran, strict=True))
+    outcomes |= {id: Outcome(error=error) for id, error in failed.items()}
     return [
-        outcomes[j] if i == j else dataclasses.replace(outcomes[j], streamed=False)
+        outcomes[claims[j].id] if i == j
+        else dataclasses.replace(outcomes[claims[j].id], streamed=False)
         for i, j in enumerate(computed_by)
-    ]
+    ]  # fmt: skip
 
 
 def _outcome(output: Any, elapsed: float, batch_size: int, streamed: bool) -> Outcome:
@@ -183,8 +184,7 @@ def _run_batch(runtime: "WorkerRuntime", version: ModelVersion, batch: list[Pend
     else:
         if just_loaded:
             notes.append(f"Loaded {version.model_type} model in {loaded.load_seconds:.2f}s")
-        with runtime.compute_lock:
-            outcomes = predict_once_each(runtime, loaded.predictor, claims, version)
+        outcomes = predict_once_each(runtime, loaded.predictor, claims, version)
         metrics.observe_gpu_memory()
     model = runtime.model_ref(version.id)
     future = runtime.recorder.submit(record, runtime, claims, outcomes, notes, model)

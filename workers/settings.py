@@ -46,6 +46,10 @@ class WorkerSettings(BaseSettings):
     )
     # Files one prediction may store (they live in PostgreSQL): more fails the prediction.
     max_output_file_bytes: int = Field(default=20 * 1024 * 1024, ge=0)
+    # File inputs given as http(s) URLs (db/file_inputs.py): the most bytes fetched, and the
+    # time the whole fetch may take.
+    max_input_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    input_fetch_timeout_s: float = Field(default=30.0, gt=0, le=600)
     # Webhook deliveries (the `webhooks` queue). One attempt (resolve, connect, send, read the
     # answer) gets webhook_timeout_s in all; the worker holds a delivery under a lease that
     # outlasts an attempt, so a lapsed lease means the worker died and it is tried again.

@@ -4,7 +4,8 @@ Every worker process runs one, but a transaction-scoped advisory lock lets only 
 a time. A sweep: fails or re-queues predictions whose worker died (lease ran out), and
 releases the queued ones a dead worker had received but not started (their lease ran out, or
 its message was never acknowledged and they never got one: workers/orphans.py); aborts queued
-ones past their deadline, forgets idempotency keys older than 24 h, and publishes a message for
+ones past their deadline, forgets idempotency keys older than 24 h, removes expired uploads
+(up to 500 a sweep), and publishes a message for
 the queued predictions that have none (Redis was down at create time, a retry delay is over,
 a worker died holding them, Redis lost its data (workers/broker_memory.py), or the message
 was lost): one per version, up to MAX_IDS_PER_MESSAGE ids each.
@@ -19,7 +20,7 @@ import redis
 from celery import Celery
 from sqlalchemy import func, select
 
-from db.repositories import idempotency_keys, predictions
+from db.repositories import files, idempotency_keys, predictions
 from db.session import session_scope
 from workers import broker_memory, orphans
 from workers.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
@@ -60,6 +61,7 @@ def sweep(app: Celery, settings: WorkerSettings, broker: redis.Redis) -> int:
             log.warning("sweeper: Redis lost its messages; sending %d queued again", resent)
         aborted = predictions.abort_expired(session)
         idempotency_keys.delete_expired(session)
+        files.delete_expired(session)
         due = predictions.take_due(session, requeue_after_s=settings.requeue_after_s, limit=BATCH)
     if broker_lost:
         broker_memory.kept(broker, "predictions")

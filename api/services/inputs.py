@@ -122,14 +122,21 @@ def _message(error: ValidationError) -> str:
 
 
 def validate_input(
-    validator: Draft202012Validator, given: dict[str, Any], max_string_chars: int
+    validator: Draft202012Validator,
+    given: dict[str, Any],
+    max_string_chars: int,
+    file_fields: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The input to store: `given` plus the schema's top-level defaults. 422 if invalid.
-    `validator` is the version's, compiled once (api/services/versions.py)."""
-    invalid = [
-        {"field": path, "message": reason}
-        for path, reason in unstorable(given, "input", max_string_chars)
-    ]
+    `validator` is the version's, compiled once (api/services/versions.py). Strings of
+    `file_fields` (data: URLs) are not held to `max_string_chars`: their own limit is checked
+    with the file (api/services/file_inputs.py)."""
+    problems = unstorable(given, "input", max_string_chars)
+    if file_fields:
+        files = {name: given[name] for name in file_fields if name in given}
+        others = {name: value for name, value in given.items() if name not in files}
+        problems = unstorable(others, "input", max_string_chars) + unstorable(files, "input")
+    invalid = [{"field": path, "message": reason} for path, reason in problems]
     if not invalid:
         filled = dict(given)
         for name, prop in validator.schema.get("properties", {}).items():

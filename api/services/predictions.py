@@ -30,7 +30,7 @@ from api.schemas.predictions import (
     PredictionOut,
     PredictionPage,
 )
-from api.services import result_cache, versions
+from api.services import file_inputs, result_cache, versions
 from api.services.inputs import validate_input
 from api.services.versions import Version
 from api.settings import ApiSettings
@@ -140,7 +140,11 @@ async def create(
     deadline = _deadline(cancel_after)
     events = None if body.webhook is None else await run_in_threadpool(_check_webhook, body)
     version = version or await versions.resolve(cache, body)
-    validated = validate_input(version.validator, body.input, settings.max_input_string_chars)
+    validated = validate_input(
+        version.validator, body.input, settings.max_input_string_chars, version.file_fields
+    )
+    if version.file_fields:
+        await run_in_threadpool(file_inputs.check, user, validated, version.file_fields, settings)
     prediction_id = prediction_id or new_id()
     scans = backlog.scans(
         version.id, user.id, settings.max_queued_per_version, settings.max_in_flight_per_user
@@ -319,7 +323,10 @@ def create_idempotent(
         if replayed is not None:
             return get(tx, user, replayed, base_url), True
         version = versions.load(session, body)
-        validated = validate_input(version.validator, body.input, settings.max_input_string_chars)
+        validated = validate_input(
+            version.validator, body.input, settings.max_input_string_chars, version.file_fields
+        )
+        file_inputs.check(user, validated, version.file_fields, settings)
         _refuse(
             predictions.backlog(
                 session,

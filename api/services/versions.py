@@ -14,6 +14,7 @@ from api.errors import Unprocessable
 from api.schemas.predictions import PredictionCreate
 from api.services.inputs import input_validator
 from api.services.result_cache import CacheRule
+from db.file_inputs import file_fields
 from db.repositories import models
 from db.session import session_scope
 
@@ -27,6 +28,7 @@ class Version:
     model_type: str = ""  # a key of models.registry (text-generation, embeddings...)
     created_at: datetime | None = None
     cache: CacheRule | None = None  # None: the version answers nothing from the result cache
+    file_fields: tuple[str, ...] = ()  # input fields that are files (db/file_inputs.py)
 
 
 async def resolve(cache: Cache[Version], body: PredictionCreate) -> Version:
@@ -84,4 +86,5 @@ def load(session: Session, body: PredictionCreate) -> Version:
         version.model_type,
         version.created_at,
         cache,
+        file_fields(version.input_schema),
     )

@@ -1,7 +1,7 @@
 """Typed tables. Importing this package registers every table on Base.metadata."""
 
 from db.tables.api_token import ApiToken
-from db.tables.file import File
+from db.tables.file import File, FileChunk
 from db.tables.idempotency_key import IdempotencyKey
 from db.tables.model import Model
 from db.tables.model_version import Hardware, ModelVersion
@@ -21,6 +21,7 @@ __all__ = [
     "ApiToken",
     "DeliveryStatus",
     "File",
+    "FileChunk",
     "Hardware",
     "IdempotencyKey",
     "Model",

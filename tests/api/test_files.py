@@ -48,7 +48,9 @@ def assert_the_file(response: Any, file_id: str) -> None:
     assert response.headers["etag"] == f'"{hashlib.sha256(PNG).hexdigest()}"'
     assert response.headers["cache-control"] == "private, max-age=86400"
     assert response.headers["x-content-type-options"] == "nosniff"
-    assert response.headers["content-disposition"] == f'inline; filename="{file_id}.png"'
+    assert response.headers["content-disposition"] == (
+        f"inline; filename=\"{file_id}.png\"; filename*=UTF-8''{file_id}.png"
+    )
 
 
 def test_the_owner_gets_the_exact_bytes_with_their_type_and_cache_headers(

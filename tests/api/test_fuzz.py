@@ -46,7 +46,8 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/rea
 # Rules the document states in words because JSON Schema cannot: whether the model or version
 # exists and what its input must be, whether a webhook's host resolves to a public address,
 # whether an idempotency key was used for another request, whether an expiry is still in the
-# future, whether an input schema is a valid JSON Schema. Only for these may a request the
+# future, whether an input schema is a valid JSON Schema, whether an upload's bytes are of its
+# declared type and its metadata a JSON object. Only for these may a request the
 # document allows be refused: 422 naming the field.
 # The OpenAI-compatible API (/openai/v1) refuses with a 400 naming one `param` instead: what
 # the model's own input schema bounds (the longest message, the most tokens) is checked there.
@@ -54,7 +55,9 @@ CHECKED_AT_RUNTIME: dict[str, set[str]] = {
     "POST /v1/predictions": {"model", "version", "input", "webhook", "Idempotency-Key"},
     "POST /v1/models/{owner}/{name}/predictions": {"input", "webhook", "Idempotency-Key"},
     "POST /v1/tokens": {"expires_at"},
-    "POST /v1/models/{owner}/{name}/versions": {"input_schema"},
+    "POST /v1/models/{owner}/{name}/versions": {"input_schema", "cache"},
+    # The metadata must be a JSON object; the declared type must be what the bytes are.
+    "POST /v1/files": {"metadata", "type"},
     "POST /openai/v1/chat/completions": {"messages", "max_tokens", "max_completion_tokens"},
     "POST /openai/v1/embeddings": {"input"},
 }

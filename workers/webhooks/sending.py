@@ -96,21 +96,11 @@ def send(
 async def _post(
     target: Target, body: str, headers: dict[str, str], limit_s: float
 ) -> tuple[httpx.Response, bytes]:
-    url = httpx.URL(target.url)
-    request_headers = {**headers, "host": url.netloc.decode("ascii")}
-    # The certificate must be the host's, though the connection goes to its checked address.
-    extensions = {"sni_hostname": url.host} if target.scheme == "https" else {}
     async with asyncio.timeout(limit_s):
         async with httpx.AsyncClient(
             trust_env=False, follow_redirects=False, timeout=max(limit_s, 0.001)
         ) as client:
-            request = client.build_request(
-                "POST",
-                url.copy_with(host=target.address),
-                content=body.encode(),
-                headers=request_headers,
-                extensions=extensions,
-            )
+            request = pinned(client, "POST", target, content=body.encode(), headers=headers)
             response = await client.send(request, stream=True)
             answer = b""
             try:
@@ -121,6 +111,27 @@ async def _post(
             finally:
                 await response.aclose()
             return response, answer[:MAX_ANSWER_BYTES]
+
+
+def pinned(
+    client: httpx.Client | httpx.AsyncClient,
+    method: str,
+    target: Target,
+    *,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Request:
+    """A request to the target's checked address, naming its host in the Host header and in
+    TLS (the certificate must be the host's, though the connection goes to the address)."""
+    url = httpx.URL(target.url)
+    extensions = {"sni_hostname": url.host} if target.scheme == "https" else {}
+    return client.build_request(
+        method,
+        url.copy_with(host=target.address),
+        content=content,
+        headers={**(headers or {}), "host": url.netloc.decode("ascii")},
+        extensions=extensions,
+    )
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
