@@ -7,6 +7,7 @@ import httpx
 import pytest
 from celery import Celery
 
+from db.ids import new_id
 from tests.conftest import WORKER_REDIS_URL
 from tests.helpers import create_version
 from tests.live import LiveStack
@@ -28,7 +29,8 @@ def create(
 
 
 def test_embedding_prediction_succeeds_with_384_normalised_floats(live: LiveStack) -> None:
-    created = create(live, "quern/all-minilm-l6-v2", {"text": "Quern grinds grain."})
+    # A new text: a repeat would be answered from the result cache, with no predict_time.
+    created = create(live, "quern/all-minilm-l6-v2", {"text": f"Quern grinds {new_id()}."})
     url = f"/v1/predictions/{created['id']}"
     done = wait_for_prediction(live.client, url, live.headers, timeout=240)
     assert done["status"] == "succeeded", done

@@ -16,6 +16,7 @@ import pytest
 import redis
 from standardwebhooks import Webhook
 
+from db.ids import new_id
 from tests.conftest import WORKER_REDIS_URL
 from tests.live import LiveStack
 from tests.processes import wait_for_prediction, wait_until
@@ -40,8 +41,9 @@ def secret(live: LiveStack) -> str:
 
 
 def run(live: LiveStack, webhook: str, **fields: Any) -> dict[str, Any]:
-    """Create a prediction with this webhook and wait until it is finished."""
-    body = {"model": EMBED, "input": {"text": "Quern grinds grain."}, "webhook": webhook}
+    """Create a prediction with this webhook and wait until it is finished (a new text each
+    time: a repeat would be answered from the result cache, never `processing`)."""
+    body = {"model": EMBED, "input": {"text": f"Quern grinds {new_id()}."}, "webhook": webhook}
     response = live.client.post("/v1/predictions", json=body | fields, headers=live.headers)
     assert response.status_code == 201, response.text
     url = f"/v1/predictions/{response.json()['id']}"

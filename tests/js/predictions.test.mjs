@@ -16,7 +16,7 @@ const replicate = client();
 test("create, get and wait for a prediction", async () => {
   const created = await replicate.predictions.create({
     model: EMBEDDINGS,
-    input: { text: "poll me" },
+    input: { text: `poll me ${crypto.randomUUID()}` }, // new: not answered from the cache
   });
   assertHasFields(created, PREDICTION_FIELDS, "a created prediction");
   assert.equal(created.status, "starting");
