@@ -86,3 +86,13 @@ def is_data_url(value: str) -> bool:
 
 def is_web_url(value: str) -> bool:
     return value[:7].lower() == "http://" or value[:8].lower() == "https://"
+
+
+def fixed_content(input: Mapping[str, Any], fields: tuple[str, ...]) -> bool:
+    """Whether every file of `input` names fixed bytes: a Quern file (never changes) or a
+    `data:` URL, not an http(s) URL whose answer may change. Only then may a result cache key
+    on the input."""
+    return all(
+        quern_file_id(value) is not None or is_data_url(value)
+        for _, value in references(input, fields)
+    )

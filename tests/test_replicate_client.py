@@ -315,3 +315,23 @@ def test_run_uploads_a_local_file_which_the_worker_hands_the_model(
     assert output == expected | {"suffix": ".png"}
     admin.files.delete(uploaded.id)
     assert admin.files.list() == []
+
+
+def test_the_builtin_vision_and_zero_shot_models_answer_through_the_client(
+    client: replicate.Client, tmp_path: Path
+) -> None:
+    labels = ["sports", "cooking", "astronomy"]
+    text = "The football team won the match"
+    output = client.run("quern/minilm-zero-shot", input={"text": text, "labels": labels})
+    assert output[0]["label"] == "sports" and len(output) == 3
+    image = tmp_path / "pixel.png"
+    image.write_bytes(PIXEL_PNG)
+    with image.open("rb") as file:
+        output = client.run("quern/tiny-vit-classifier", input={"image": file, "top_k": 3})
+    assert len(output) == 3 and all(0 <= item["score"] <= 1 for item in output)
+    with image.open("rb") as file:
+        caption = client.run(
+            "quern/tiny-vit-captioner", input={"image": file, "max_new_tokens": 5},
+            file_encoding_strategy="base64",
+        )  # fmt: skip
+    assert isinstance(caption, str)  # random weights: the words mean nothing

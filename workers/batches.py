@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from db import log_format
-from db.file_inputs import file_fields
+from db.file_inputs import file_fields, fixed_content
 from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope
@@ -110,16 +110,16 @@ def predict_once_each(
     output is published whole, not streamed."""
     first: dict[bytes, int] = {}
     computed_by = list(range(len(claims)))
+    fields = file_fields(version.input_schema)
     if version.cache_enabled:
         for i, claim in enumerate(claims):
             key = cache_key(version.model_type, claim.input)
-            if key is not None:
+            if key is not None and fixed_content(claim.input, fields):
                 computed_by[i] = first.setdefault(key, i)
     computing = [claims[i] for i in sorted(set(computed_by))]
     if len(computing) < len(claims):
         log.info("%d of %d inputs repeat another in the batch", len(claims) - len(computing),
                  len(claims))  # fmt: skip
-    fields = file_fields(version.input_schema)
     with (
         file_inputs.localized(computing, fields, runtime.settings) as (ready, failed),
         runtime.compute_lock,

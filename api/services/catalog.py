@@ -57,6 +57,11 @@ COLLECTIONS = (
     _typed("text-generation", "Text generation", "generates text (`text-generation`)"),
     _typed("embeddings", "Embeddings", "turns text into a vector (`embeddings`)"),
     _typed("text-to-image", "Text to image", "draws images from a prompt (`text-to-image`)"),
+    _typed("text-classification", "Text classification", "labels text (`text-classification`)"),
+    _typed(
+        "image-classification", "Image classification", "labels images (`image-classification`)"
+    ),
+    _typed("image-to-text", "Image to text", "describes images in text (`image-to-text`)"),
     _typed(CUSTOM, "Custom models", "runs a class of its own (`custom`)"),
 )
 _BY_SLUG = {collection.slug: collection for collection in COLLECTIONS}

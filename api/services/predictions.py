@@ -149,7 +149,7 @@ async def create(
     scans = backlog.scans(
         version.id, user.id, settings.max_queued_per_version, settings.max_in_flight_per_user
     )
-    in_cache = result_cache.lookup(version.cache, validated, user.id)
+    in_cache = result_cache.lookup(version.cache, validated, user.id, version.file_fields)
     try:
         async with database.connection(pool) as conn:
             created = await predictions_async.create_within_limits(

@@ -12,6 +12,7 @@ that meet in one batch are computed once (workers/batches.py).
 from dataclasses import dataclass
 from typing import Any
 
+from db.file_inputs import fixed_content
 from db.repositories.predictions_async import CacheLookup
 from models.registry import cache_key
 
@@ -25,8 +26,13 @@ class CacheRule:
     shared: bool  # answer one user with another's output
 
 
-def lookup(rule: CacheRule | None, input: dict[str, Any], owner_id: str) -> CacheLookup | None:
-    """The lookup for this validated input, or None when it is not cached."""
+def lookup(
+    rule: CacheRule | None, input: dict[str, Any], owner_id: str, file_fields: tuple[str, ...]
+) -> CacheLookup | None:
+    """The lookup for this validated input, or None when it is not cached (or names a file by
+    an http(s) URL, whose bytes may change)."""
+    if not fixed_content(input, file_fields):
+        return None
     key = None if rule is None else cache_key(rule.model_type, input)
     if rule is None or key is None:
         return None

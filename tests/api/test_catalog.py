@@ -8,7 +8,10 @@ from tests.helpers import assert_problem, new_username, register_admin
 
 EMBED = "quern/all-minilm-l6-v2"
 LLM = "quern/smollm2-135m-instruct"
-SLUGS = ["official", "text-generation", "embeddings", "text-to-image", "custom"]
+SLUGS = [
+    "official", "text-generation", "embeddings", "text-to-image", "text-classification",
+    "image-classification", "image-to-text", "custom",
+]  # fmt: skip
 
 
 def refs(collection: dict[str, object]) -> list[str]:

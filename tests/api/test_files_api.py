@@ -146,13 +146,7 @@ FILE_SCHEMA = {
 
 @pytest.fixture
 def file_version() -> str:
-    version = create_version(max_batch_size=4, max_batch_wait_ms=5)
-    with session_scope() as session:
-        session.execute(
-            text("UPDATE model_versions SET input_schema = CAST(:s AS jsonb) WHERE id = :id"),
-            {"s": json.dumps(FILE_SCHEMA), "id": version},
-        )
-    return version
+    return create_version(max_batch_size=4, max_batch_wait_ms=5, input_schema=FILE_SCHEMA)
 
 
 def predict(client: TestClient, auth: dict[str, str], version: str, **input: object):

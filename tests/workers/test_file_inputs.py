@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import io
 import ipaddress
-import json
 import os
 import threading
 from collections.abc import Iterator
@@ -56,13 +55,7 @@ class Digests(Recording):
 
 @pytest.fixture
 def version() -> str:
-    version_id = create_version(max_batch_size=8, max_batch_wait_ms=200)
-    with session_scope() as session:
-        session.execute(
-            text("UPDATE model_versions SET input_schema = CAST(:s AS jsonb) WHERE id = :id"),
-            {"s": json.dumps(SCHEMA), "id": version_id},
-        )
-    return version_id
+    return create_version(max_batch_size=8, max_batch_wait_ms=200, input_schema=SCHEMA)
 
 
 @pytest.fixture
