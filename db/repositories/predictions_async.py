@@ -5,7 +5,9 @@ The statement counts the backlog (each count only up to its scan limit: the limi
 0 where the caller knows there is room, api/backlog.py) and inserts the row only when both
 counts are under their limits. Like the two-step check of the
 Idempotency-Key path (`backlog`, then `create`), it takes no lock: concurrent creates may
-overshoot a limit by a few.
+overshoot a limit by a few. An input the result cache may hold gets a larger statement that
+also looks for its entry and, on a hit, inserts the prediction already `succeeded`; every
+other create keeps the plain one (the larger one measured up to 0.2 ms more per create).
 """
 
 from dataclasses import dataclass
@@ -34,13 +36,12 @@ WITH queued AS (
     ) AS rows
 ), """
 
-# A result cache entry for the new prediction's input (api/services/result_cache.py), if the
-# caller looks for one (cache_key not NULL): the newest of the version's succeeded predictions
-# with that key within the TTL, the caller's own unless the cache is shared, with no files.
+# A result cache entry for the new prediction's input (api/services/result_cache.py): the
+# newest of the version's succeeded predictions with that key within the TTL, the caller's own
+# unless the cache is shared, with no files.
 _CACHED = """cached AS (
     SELECT c.id, c.owner_id, c.output, c.metrics, c.completed_at FROM predictions c
-    WHERE %(cache_key)s::bytea IS NOT NULL
-        AND c.version_id = %(version_id)s AND c.cache_key = %(cache_key)s
+    WHERE c.version_id = %(version_id)s AND c.cache_key = %(cache_key)s
         AND c.status = 'succeeded'
         AND c.completed_at > now() - make_interval(secs => %(cache_ttl_s)s)
         AND (%(cache_owner_id)s::text IS NULL OR c.owner_id = %(cache_owner_id)s)
@@ -60,6 +61,23 @@ _HIT_LOGS = """'Served from the result cache: the output of '
                                     'YYYY-MM-DD"T"HH24:MI:SS"Z"') || E'\\n'"""
 
 _CREATE_WITHIN_LIMITS = (
+    _BACKLOG  # noqa: S608 (constants only)
+    + """inserted AS (
+    INSERT INTO predictions (
+        id, owner_id, version_id, input, deadline, webhook, webhook_events_filter,
+        status, enqueued_at, source
+    )
+    SELECT %(id)s, %(owner_id)s, %(version_id)s, %(input)s, %(deadline)s, %(webhook)s,
+        %(webhook_events_filter)s, 'starting', now(), %(source)s
+    FROM queued, in_flight
+    WHERE queued.n < %(version_limit)s AND in_flight.n < %(owner_limit)s
+    RETURNING created_at
+)
+SELECT queued.n, in_flight.n, (SELECT created_at FROM inserted) FROM queued, in_flight
+"""
+)
+# The same for an input the cache may hold (a bigger statement: only where it can pay off).
+_CREATE_WITHIN_LIMITS_OR_FROM_CACHE = (
     _BACKLOG  # noqa: S608 (constants only)
     + _CACHED
     + f"""inserted AS (
@@ -137,31 +155,36 @@ async def create_within_limits(
 ) -> Created:
     """Scans default to the limits (exact counts); 0 skips a count (it reads as 0). `cache`:
     answer from the result cache if it holds this input."""
-    cursor = await conn.execute(
-        _CREATE_WITHIN_LIMITS,
-        {
-            "source": source,
-            "id": id,
-            "owner_id": owner_id,
-            "version_id": version_id,
-            "input": Jsonb(input),
-            "deadline": deadline,
-            "webhook": webhook,
-            "webhook_events_filter": webhook_events_filter,
-            "version_limit": version_limit,
-            "owner_limit": owner_limit,
-            "version_scan": version_limit if version_scan is None else version_scan,
-            "owner_scan": owner_limit if owner_scan is None else owner_scan,
-            "cache_key": None if cache is None else cache.key,
-            "cache_ttl_s": 0 if cache is None else cache.ttl_s,
-            "cache_owner_id": None if cache is None else cache.owner_id,
-        },
-    )
-    row = await cursor.fetchone()
-    assert row is not None  # the final SELECT always has one row
-    queued, in_flight, created_at, hit, output, metrics, logs = row
+    parameters = {
+        "source": source,
+        "id": id,
+        "owner_id": owner_id,
+        "version_id": version_id,
+        "input": Jsonb(input),
+        "deadline": deadline,
+        "webhook": webhook,
+        "webhook_events_filter": webhook_events_filter,
+        "version_limit": version_limit,
+        "owner_limit": owner_limit,
+        "version_scan": version_limit if version_scan is None else version_scan,
+        "owner_scan": owner_limit if owner_scan is None else owner_scan,
+    }
+    hit = None
+    if cache is None:
+        cursor = await conn.execute(_CREATE_WITHIN_LIMITS, parameters)
+        row = await cursor.fetchone()
+        assert row is not None  # the final SELECT always has one row
+        queued, in_flight, created_at = row
+    else:
+        parameters |= {"cache_key": cache.key, "cache_ttl_s": cache.ttl_s,
+                       "cache_owner_id": cache.owner_id}  # fmt: skip
+        cursor = await conn.execute(_CREATE_WITHIN_LIMITS_OR_FROM_CACHE, parameters)
+        row = await cursor.fetchone()
+        assert row is not None
+        queued, in_flight, created_at, answered, output, metrics, logs = row
+        hit = Hit(output, metrics, logs) if answered else None
     backlog = Backlog(queued_for_version=queued, unfinished_for_owner=in_flight)
-    return Created(created_at, backlog, Hit(output, metrics, logs) if hit else None)
+    return Created(created_at, backlog, hit)
 
 
 _SELECT = """
