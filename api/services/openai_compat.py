@@ -49,7 +49,7 @@ from api.services import predictions, versions
 from api.services.inputs import validate_input
 from api.services.streams import prediction_events
 from api.services.versions import Version
-from api.services.waiting import RECHECK_S, client_disconnected, is_finished
+from api.services.waiting import RECHECK_S, client_disconnected, is_finished, unless_hung_up
 from api.settings import ApiSettings
 from api.status_listener import StatusListener, status_listener
 from db.ids import ID_PATTERN, new_id
@@ -546,14 +546,8 @@ class OpenAIWait(Response):
         await response(scope, receive, send)
 
     async def _wait(self, receive: Receive) -> list[PredictionOut] | None:
-        waiting = asyncio.ensure_future(self._until_finished())
-        hung_up = asyncio.ensure_future(client_disconnected(receive))
-        await asyncio.wait({waiting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
-        hung_up.cancel()
-        if not waiting.done():
-            waiting.cancel()
-            return None
-        return waiting.result()
+        done = await unless_hung_up(self._until_finished(), receive)
+        return None if done is None else done.result()
 
     async def _until_finished(self) -> list[PredictionOut]:
         """The predictions once all are terminal, or as they are when the time is up. Each

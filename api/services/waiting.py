@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import psycopg
 from fastapi.responses import Response
@@ -20,6 +21,8 @@ from api.errors import BadRequest
 from api.schemas.predictions import PredictionOut
 from api.status_listener import status_listener
 from db.tables import PredictionStatus
+
+T = TypeVar("T")
 
 MAX_WAIT_S = 60
 # While the listener is reconnecting nothing would wake a waiter: it reads the row this often.
@@ -115,21 +118,31 @@ class WaitingResponse(Response):
         await response(scope, receive, send)
 
     async def _wait(self, receive: Receive, changed: asyncio.Event) -> PredictionOut | None:
-        waiting = asyncio.ensure_future(
+        done = await unless_hung_up(
             wait_until_finished(
                 self.prediction, self.wait_s, self.load, changed, unheard=self.watching is None
-            )
+            ),
+            receive,
         )
-        hung_up = asyncio.ensure_future(client_disconnected(receive))
-        await asyncio.wait({waiting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
-        hung_up.cancel()
-        if not waiting.done():
-            waiting.cancel()
+        if done is None:
             return None
         try:
-            return waiting.result()
+            return done.result()
         except (SQLAlchemyError, psycopg.Error):  # the database went away: answer what we know
             return self.prediction
+
+
+async def unless_hung_up(work: Awaitable[T], receive: Receive) -> asyncio.Future[T] | None:
+    """`work` run until it ends, or until the client hangs up (then it is canceled, and this is
+    None): its finished future, whose result (or exception) is the caller's to take."""
+    waiting = asyncio.ensure_future(work)
+    hung_up = asyncio.ensure_future(client_disconnected(receive))
+    await asyncio.wait({waiting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+    hung_up.cancel()
+    if not waiting.done():
+        waiting.cancel()
+        return None
+    return waiting
 
 
 async def client_disconnected(receive: Receive) -> None:
