@@ -17,6 +17,12 @@ from db.tables import Role
 log = logging.getLogger(__name__)
 
 SYSTEM_USER = "quern"
+# A file input (db/file_inputs.py), as the vision models take their image.
+IMAGE_INPUT = {
+    "type": "string",
+    "format": "uri",
+    "description": "An image: an upload's URL, a data: URL or an https URL.",
+}
 
 BUILTIN_MODELS: list[dict[str, Any]] = [
     {
@@ -156,11 +162,7 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
             "input_schema": {
                 "type": "object",
                 "properties": {
-                    "image": {
-                        "type": "string",
-                        "format": "uri",
-                        "description": "An image: an upload's URL, a data: URL or an https URL.",
-                    },
+                    "image": IMAGE_INPUT,
                     "top_k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
                 },
                 "required": ["image"],
@@ -183,11 +185,7 @@ BUILTIN_MODELS: list[dict[str, Any]] = [
             "input_schema": {
                 "type": "object",
                 "properties": {
-                    "image": {
-                        "type": "string",
-                        "format": "uri",
-                        "description": "An image: an upload's URL, a data: URL or an https URL.",
-                    },
+                    "image": IMAGE_INPUT,
                     "max_new_tokens": {
                         "type": "integer",
                         "minimum": 1,
