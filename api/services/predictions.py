@@ -208,6 +208,7 @@ async def create_many(
     version_limit = settings.max_queued_per_version - len(inputs) + 1
     owner_limit = settings.max_in_flight_per_user - len(inputs) + 1
     scans = backlog.scans(version.id, user.id, version_limit, owner_limit)
+    in_cache = result_cache.lookup_many(version.cache, inputs, user.id)
     try:
         async with database.connection(pool) as conn:
             created = await predictions_async.create_many_within_limits(
@@ -221,6 +222,7 @@ async def create_many(
                 version_scan=scans.version,
                 owner_scan=scans.owner,
                 source=source,
+                cache=in_cache,
             )
     except psycopg.errors.ForeignKeyViolation:
         cache.clear()  # the version was deleted after this process cached it
@@ -230,10 +232,24 @@ async def create_many(
         _refuse(created.backlog, version.model_ref, settings, len(inputs))
     log.debug("%d predictions created for version %s", len(inputs), version.id)
     for prediction_id in prediction_ids:
-        publisher.submit(prediction_id, version.id, version.hardware)
+        if prediction_id not in created.hits:
+            publisher.submit(prediction_id, version.id, version.hardware)
     metrics.CREATED.labels(version.model_ref).inc(len(inputs))
+    if in_cache is not None:
+        looked = sum(key is not None for key in in_cache.keys)
+        metrics.CACHE_HITS.labels(version.model_ref).inc(len(created.hits))
+        metrics.CACHE_MISSES.labels(version.model_ref).inc(looked - len(created.hits))
     return [
-        _queued(prediction_id, user, version, item, created.created_at, base_url, source)
+        _queued(
+            prediction_id,
+            user,
+            version,
+            item,
+            created.created_at,
+            base_url,
+            source,
+            hit=created.hits.get(prediction_id),
+        )
         for prediction_id, item in zip(prediction_ids, inputs, strict=True)
     ]
 

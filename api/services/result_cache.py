@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from db.file_inputs import fixed_content
-from db.repositories.predictions_async import CacheLookup
+from db.repositories.predictions_async import CacheLookup, ManyCacheLookup
 from models.registry import cache_key
 
 
@@ -37,3 +37,15 @@ def lookup(
     if rule is None or key is None:
         return None
     return CacheLookup(key, rule.ttl_s, None if rule.shared else owner_id)
+
+
+def lookup_many(
+    rule: CacheRule | None, inputs: list[dict[str, Any]], owner_id: str
+) -> ManyCacheLookup | None:
+    """`lookup` of several inputs (with no file fields: the embeddings endpoint's texts); None
+    when none of them is cached."""
+    found = [lookup(rule, input, owner_id, ()) for input in inputs]
+    if rule is None or all(item is None for item in found):
+        return None
+    keys = [None if item is None else item.key for item in found]
+    return ManyCacheLookup(keys, rule.ttl_s, None if rule.shared else owner_id)

@@ -190,3 +190,23 @@ def test_the_cache_is_set_per_version_and_refused_for_file_outputs(client: TestC
     assert_problem(client.post(versions_url, json=body, headers=admin), 422, "cache.ttl_s")
     builtin = client.get("/v1/models/quern/all-minilm-l6-v2", headers=admin).json()
     assert builtin["latest_version"]["cache"]["enabled"] is True
+
+
+def test_the_openai_embeddings_list_is_answered_from_the_cache_text_by_text(
+    client: TestClient, auth: dict[str, str], version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.settings import get_api_settings
+
+    monkeypatch.setattr(get_api_settings(), "openai_timeout_s", 0.3)  # no worker runs here
+    for words in ("alpha", "beta"):
+        finish(create(client, auth, version, text=words)["id"])
+    url = "/openai/v1/embeddings"
+    answer = client.post(url, json={"model": version, "input": ["alpha", "beta"]}, headers=auth)
+    assert answer.status_code == 200, answer.text
+    assert [item["embedding"] for item in answer.json()["data"]] == [VECTOR, VECTOR]
+
+    partly = client.post(url, json={"model": version, "input": ["beta", "gamma"]}, headers=auth)
+    assert partly.status_code == 408  # gamma had to run, and no worker runs here
+    made = client.get("/v1/predictions?source=openai", headers=auth).json()["results"]
+    status = {p["input"]["text"]: (p["status"], p["metrics"]["cache_hit"]) for p in made[:2]}
+    assert status == {"beta": ("succeeded", True), "gamma": ("canceled", False)}
