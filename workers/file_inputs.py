@@ -81,9 +81,7 @@ def _fetch(claim: Claim, path: str, value: str, directory: Path, settings: Worke
             target.write_bytes(data)
         else:
             content_type = _download(value, target, settings)
-    except InputFileError as exc:
-        raise InputFileError(f"input.{path}: {exc}") from None
-    except ValueError as exc:  # a data: URL that does not decode
+    except (InputFileError, ValueError) as exc:  # ValueError: a data: URL that does not decode
         raise InputFileError(f"input.{path}: {exc}") from None
     extension = mimetypes.guess_extension(content_type or "") or ""
     return target.rename(target.with_suffix(extension)) if extension else target

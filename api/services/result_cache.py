@@ -31,12 +31,10 @@ def lookup(
 ) -> CacheLookup | None:
     """The lookup for this validated input, or None when it is not cached (or names a file by
     an http(s) URL, whose bytes may change)."""
-    if not fixed_content(input, file_fields):
+    if rule is None or not fixed_content(input, file_fields):
         return None
-    key = None if rule is None else cache_key(rule.model_type, input)
-    if rule is None or key is None:
-        return None
-    return CacheLookup(key, rule.ttl_s, None if rule.shared else owner_id)
+    key = cache_key(rule.model_type, input)
+    return None if key is None else CacheLookup(key, rule.ttl_s, None if rule.shared else owner_id)
 
 
 def lookup_many(
