@@ -13,6 +13,7 @@ from api.metrics import CACHE_HITS, CACHE_MISSES
 from db.session import session_scope
 from tests.conftest import API_REDIS_URL
 from tests.helpers import assert_problem, create_version, register_and_login
+from tests.processes import wait_until
 
 PUBLIC_HOOK = "https://93.184.215.14/hooks/quern"  # a public address: no DNS needed
 VECTOR = [0.25, -0.5, 1.0]
@@ -47,10 +48,13 @@ def version() -> str:
 def test_a_repeat_is_answered_at_once_as_a_new_prediction_and_queues_nothing(
     client: TestClient, auth: dict[str, str], version: str
 ) -> None:
+    broker = redis.Redis.from_url(API_REDIS_URL)
+    before = broker.llen("predictions.cpu")
     first = create(client, auth, version)
     assert first["status"] == "starting" and first["metrics"]["cache_hit"] is False
     finish(first["id"])
-    broker = redis.Redis.from_url(API_REDIS_URL)
+    # The publisher thread sends the first one's message after the answer: wait for it.
+    wait_until(lambda: broker.llen("predictions.cpu") > before, 5, "the first one's message")
     queued = broker.llen("predictions.cpu")
 
     hit = create(client, auth, version)
