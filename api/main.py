@@ -17,6 +17,7 @@ from api.routes import (
     account,
     auth,
     catalog,
+    console,
     files,
     health,
     models,
@@ -70,6 +71,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for module in (health, auth, account, tokens, models, catalog, predictions, files, webhooks):
         app.include_router(module.router)
+    app.include_router(console.router)
     app.include_router(predictions.model_router)
     app.include_router(openai_compat.router)
     return app

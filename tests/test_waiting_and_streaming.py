@@ -216,6 +216,27 @@ def test_a_client_mid_stream_when_its_attempt_is_superseded_is_told_and_the_stre
     assert "event: done" not in seen
 
 
+def test_an_output_after_a_quiet_spell_longer_than_a_socket_timeout_still_streams_live(
+    live: LiveStack,
+) -> None:
+    """A model that loads for seconds before its first token: the blocked read waits for it
+    (a read that timed out used to leave the stream silent until the prediction ended)."""
+    prediction_id = parked_prediction(live)
+    set_row(prediction_id, status="processing", attempts=1)
+    url = f"{live.base_url}/v1/predictions/{prediction_id}/stream"
+    try:
+        # Each read may wait 3 s: the token must come then, not with the end.
+        with httpx.stream("GET", url, headers=live.headers, timeout=3) as response:
+            lines = response.iter_lines()
+            time.sleep(7)  # the API's Redis client once timed reads out after 5 s
+            add_entries(prediction_id, (1, "late token"))
+            for line in lines:  # a read that waits over 3 s raises httpx.ReadTimeout
+                if line == "data: late token":
+                    break
+    finally:
+        set_row(prediction_id, status="canceled")
+
+
 def _process_status(pid: int) -> dict[str, int]:
     """Resident memory (kB), threads and open sockets of a process, from /proc."""
     fields = dict(

@@ -20,7 +20,12 @@ HEADERS = {
     "Cache-Control": "private, max-age=86400: a file never changes",
     "Content-Disposition": 'inline; filename="<name>"',
     "X-Content-Type-Options": "nosniff: the stored type is the only one",
+    "Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self'; media-src 'self': "
+    "a file opened in a browser (an uploaded HTML page, say) runs no script, with no origin",
 }
+# A file is anyone's bytes, served from the console's origin: opened in a browser it must not
+# run as a page of this origin (api/routes/console.py).
+FILE_POLICY = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'"
 BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The file's bytes, with its content type",
@@ -132,5 +137,6 @@ def _bytes(file: StoredFile) -> StreamingResponse:
             "Cache-Control": "private, max-age=86400",
             "Content-Disposition": f"inline; filename=\"{plain}\"; filename*=UTF-8''{quote(name)}",
             "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": FILE_POLICY,
         },
     )

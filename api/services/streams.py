@@ -49,6 +49,9 @@ from db.tables import User
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 READ_BLOCK_MS = 15_000  # a cancelled read costs a reconnect, so block long
+# A blocked read answers within READ_BLOCK_MS: the socket must wait longer, or a quiet spell
+# (a model loading before its first token) reads as a lost Redis and the stream goes silent.
+SOCKET_TIMEOUT_S = READ_BLOCK_MS / 1000 + 5
 READ_COUNT = 500
 
 
@@ -63,7 +66,9 @@ def _redis() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     if loop not in _clients:
         _clients[loop] = aioredis.Redis.from_url(
-            get_api_settings().redis_url, socket_connect_timeout=1, socket_timeout=5
+            get_api_settings().redis_url,
+            socket_connect_timeout=1,
+            socket_timeout=SOCKET_TIMEOUT_S,
         )
     return _clients[loop]
 
