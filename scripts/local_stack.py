@@ -308,7 +308,8 @@ def main() -> None:
     -d '{{"model": "quern/smollm2-135m-instruct", "input": {{"prompt": "Name a colour."}}}}'
   curl -s {base_url}/v1/predictions -H "Authorization: Bearer $QUERN_TOKEN"
 
-  API docs: {base_url}/docs    demo password: {state / "demo-password"}    Ctrl-C stops all
+  Console: {base_url}/console (user demo)    API docs: {base_url}/docs
+  demo password: {state / "demo-password"}    Ctrl-C stops all
 """,
         flush=True,
     )

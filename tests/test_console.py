@@ -5,6 +5,7 @@ models). Nothing is downloaded: Playwright launches the system's Chromium.
 QUERN_CONSOLE_SCREENSHOTS=<folder> saves a screenshot of each main page there (the README's
 come from `QUERN_CONSOLE_SCREENSHOTS=docs/console pytest tests/test_console.py`)."""
 
+import base64
 import os
 import secrets
 import shutil
@@ -25,6 +26,9 @@ CHROMIUM = os.environ.get("QUERN_CHROMIUM") or shutil.which("chromium") or "/usr
 SCREENSHOTS = os.environ.get("QUERN_CONSOLE_SCREENSHOTS")
 LLM = "quern/smollm2-135m-instruct"
 IMAGES = "quern/tiny-stable-diffusion"
+PIXEL_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
 
 
 def register(client: httpx.Client, admin: bool = False) -> tuple[str, str, dict[str, str]]:
@@ -144,6 +148,7 @@ def test_the_llm_streams_its_tokens_before_it_ends(page: Page, live: LiveStack) 
     final = page.locator(".output-text").inner_text()
     assert len(final) > 20
     expect(page.locator("dl.metrics")).to_contain_text("Output tokens")
+    page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "run-llm")
 
 
@@ -161,6 +166,18 @@ def test_text_to_image_shows_the_image(page: Page, live: LiveStack) -> None:
             "img => img.complete && img.naturalWidth === 64", arg=image.element_handle()
         )
     screenshot(page, "run-image")
+
+
+def test_an_uploaded_image_is_classified(page: Page, live: LiveStack) -> None:
+    open_model(page, live, "quern/tiny-vit-classifier")
+    page.set_input_files(
+        "[data-field=image] input[type=file]",
+        files=[{"name": "pixel.png", "mimeType": "image/png", "buffer": PIXEL_PNG}],
+    )
+    page.fill("[data-field=top_k] input", "3")
+    page.click("button:text('Run')")
+    expect(page.locator("table.labels tr")).to_have_count(4, timeout=120_000)  # a header + 3
+    expect(page.locator("pre.input")).to_contain_text("/v1/files/")
 
 
 def test_a_running_prediction_can_be_canceled(page: Page, live: LiveStack) -> None:

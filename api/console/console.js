@@ -363,7 +363,9 @@ function predictionView(prediction, { deliveries = false } = {}) {
     el("h2", {}, "Metrics"), metrics,
     el("h2", {}, "Logs"), logs,
     el("h2", {}, "Input"), el("pre", { class: "input" }, JSON.stringify(prediction.input, null, 2)),
-    deliveries ? [el("h2", {}, "Webhook deliveries"), hooks] : null);
+    deliveries ? [el("h2", {}, "Webhook deliveries ", el("button", {
+      type: "button", class: "plain", onclick: () => renderDeliveries(prediction.id, hooks),
+    }, "Refresh")), hooks] : null);
 
   function update(current) {
     prediction = current;
