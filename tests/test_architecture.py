@@ -3,6 +3,7 @@
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = "{'torch', 'transformers', 'diffusers'}"
 
@@ -88,3 +89,10 @@ def test_a_webhooks_worker_never_imports_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_tests_live_in_folders_named_for_what_they_test() -> None:
+    """tests/api, db, models, workers mirror the code; tests/system runs the whole stack;
+    tests/ops the deployment files and processes; tests/support is shared by them all."""
+    top = {path.name for path in Path(__file__).parent.glob("*.py")}
+    assert top <= {"__init__.py", "conftest.py", "test_architecture.py"}, top

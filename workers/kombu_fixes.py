@@ -9,7 +9,7 @@ reconnects. Two later steps still use the old, closed channel and crash the cons
   2. a task that finishes after the reconnect acks on the old channel.
 Quern needs neither: an unacked message stays in Redis's unacked hash and comes back after the
 visibility timeout, and PostgreSQL (conditional claims, leases, the sweeper) decides what runs,
-so a message redelivered after its prediction finished is a no-op. tests/test_faults.py
+so a message redelivered after its prediction finished is a no-op. tests/system/test_faults.py
 restarts Redis under a running batch to prove the worker keeps consuming.
 """
 

@@ -143,7 +143,7 @@ function renderSignIn(message) {
 // ---- Models ----------------------------------------------------------------------------
 
 async function renderModels(query) {
-  const page = await api(query.get("page") || "/v1/models");
+  const page = await api(pageOf(query, "/v1/models"));
   const cards = page.results.map((model) => {
     const version = model.latest_version;
     return el("article", { class: "card" },
@@ -154,6 +154,13 @@ async function renderModels(query) {
         version ? version.model_type : "no version yet", ` · ${model.run_count} runs`));
   });
   show(el("h1", {}, "Models"), el("div", { class: "cards" }, cards), pager(page, "#/models"));
+}
+
+/** The API page a route's `page` names, as a path of this origin (a link cannot send the
+ * token elsewhere), or the first page. */
+function pageOf(query, first) {
+  const page = query.get("page");
+  return page ? local(page) : first;
 }
 
 /** Newer/older links from a page's `previous` and `next` URLs. */
@@ -534,9 +541,8 @@ async function renderDeliveries(id, box) {
 
 async function renderPredictions(query) {
   const status = query.get("status") || "";
-  const path = query.get("page")
-    || `/v1/predictions${status ? `?status=${encodeURIComponent(status)}` : ""}`;
-  const page = await api(path);
+  const page = await api(pageOf(query,
+    `/v1/predictions${status ? `?status=${encodeURIComponent(status)}` : ""}`));
   const filter = el("select", {
     name: "status",
     onchange: () => { location.hash = filter.value ? `#/predictions?status=${filter.value}` : "#/predictions"; },

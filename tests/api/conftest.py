@@ -3,7 +3,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import register_and_login
+from tests.support.helpers import register_and_login
 
 
 @pytest.fixture(scope="session")

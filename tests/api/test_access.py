@@ -2,7 +2,7 @@
 
 from fastapi.testclient import TestClient
 
-from tests.helpers import assert_problem, new_username, register_admin, register_and_login
+from tests.support.helpers import assert_problem, new_username, register_admin, register_and_login
 
 BODY = {"model": "quern/all-minilm-l6-v2", "input": {"text": "mine"}}
 

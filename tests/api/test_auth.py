@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from jose import jwt
 
 from api.settings import get_api_settings
-from tests.helpers import assert_problem, new_username, register_and_login
+from tests.support.helpers import assert_problem, new_username, register_and_login
 
 
 def test_register_then_token_then_authenticated_call(client: TestClient) -> None:

@@ -13,8 +13,8 @@ from sqlalchemy import update
 from db.session import session_scope
 from db.tables import ApiToken
 from tests.api.test_versions import VERSION, new_model
-from tests.helpers import assert_problem, new_username, register_admin, register_and_login
-from tests.processes import free_port, http_ok, start, stop, wait_until
+from tests.support.helpers import assert_problem, new_username, register_admin, register_and_login
+from tests.support.processes import free_port, http_ok, start, stop, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.test_versions import VERSION
-from tests.helpers import assert_problem, new_username, register_admin
+from tests.support.helpers import assert_problem, new_username, register_admin
 
 EMBED = "quern/all-minilm-l6-v2"
 LLM = "quern/smollm2-135m-instruct"
@@ -62,7 +62,10 @@ def test_a_model_is_in_the_collection_of_its_latest_versions_type(
     model = f"{client.get('/v1/account', headers=admin).json()['username']}/{name}"
     for slug in SLUGS:  # no version yet: no type
         assert model not in refs(client.get(f"/v1/collections/{slug}", headers=auth).json())
-    custom = VERSION | {"model_type": "custom", "predictor": "tests.custom_predictors:Reverse"}
+    custom = VERSION | {
+        "model_type": "custom",
+        "predictor": "tests.support.custom_predictors:Reverse",
+    }
     response = client.post(f"/v1/models/{model}/versions", json=custom, headers=admin)
     assert response.status_code == 201, response.text
     assert model in refs(client.get("/v1/collections/custom", headers=auth).json())

@@ -7,8 +7,8 @@ from fastapi.testclient import TestClient
 
 from api import queue
 from api.settings import get_api_settings
-from tests.helpers import assert_problem, create_version
-from tests.processes import wait_until
+from tests.support.helpers import assert_problem, create_version
+from tests.support.processes import wait_until
 from tests.workers.stubs import load
 
 EMBED = "quern/all-minilm-l6-v2"

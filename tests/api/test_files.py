@@ -12,7 +12,7 @@ from db.ids import new_id
 from db.repositories import files, models, predictions
 from db.seed import SYSTEM_USER
 from db.session import session_scope
-from tests.helpers import assert_problem, register_admin, register_and_login
+from tests.support.helpers import assert_problem, register_admin, register_and_login
 
 PNG = b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(64)
 

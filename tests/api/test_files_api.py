@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from api.settings import get_api_settings
 from db.session import session_scope
-from tests.helpers import assert_problem, create_version, register_and_login
+from tests.support.helpers import assert_problem, create_version, register_and_login
 
 
 def png(side: int = 8) -> bytes:

@@ -37,10 +37,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.main import app
-from tests.helpers import register_admin, register_and_login
+from tests.support.helpers import register_admin, register_and_login
 
 # /ready answers 503 by design when no worker is up (none is, in-process): that is its answer,
-# not a server error. It is tested in tests/api/test_ops.py and tests/test_faults.py.
+# not a server error. It is tested in tests/api/test_ops.py and tests/system/test_faults.py.
 schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/ready")
 
 # Rules the document states in words because JSON Schema cannot: whether the model or version

@@ -9,7 +9,12 @@ from api.settings import get_api_settings
 from db.repositories import idempotency_keys
 from db.session import session_scope
 from db.tables import IdempotencyKey
-from tests.helpers import assert_problem, count_predictions, new_username, register_and_login
+from tests.support.helpers import (
+    assert_problem,
+    count_predictions,
+    new_username,
+    register_and_login,
+)
 
 BODY = {"model": "quern/all-minilm-l6-v2", "input": {"text": "hello"}}
 

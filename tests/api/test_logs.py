@@ -13,8 +13,8 @@ from api.errors import install_error_handlers
 from api.middleware import RequestId
 from db import log_format
 from db.log_format import JsonFormatter, TextFormatter, configure_logging, log_context
-from tests.log_lines import Lines, capture_lines
-from tests.processes import wait_until
+from tests.support.log_lines import Lines, capture_lines
+from tests.support.processes import wait_until
 
 EMBED = "quern/all-minilm-l6-v2"
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.test_versions import VERSION
-from tests.helpers import assert_problem, new_username, register_admin
+from tests.support.helpers import assert_problem, new_username, register_admin
 
 LINKS = {
     "github_url": "https://github.com/example/model",

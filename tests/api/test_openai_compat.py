@@ -1,6 +1,6 @@
 """The OpenAI-compatible API in process (no worker): what it accepts, what it refuses and how
 (OpenAI's error shape, only under /openai/v1), and the predictions it makes. Answers from a
-real model, through the official `openai` client: tests/test_openai_client.py."""
+real model, through the official `openai` client: tests/system/test_openai_client.py."""
 
 import base64
 import json
@@ -21,7 +21,7 @@ from api.schemas.openai_compat import (
 from api.schemas.predictions import PredictionOut
 from api.services import openai_compat
 from api.settings import ApiSettings, get_api_settings
-from tests.helpers import assert_problem, count_predictions, register_and_login
+from tests.support.helpers import assert_problem, count_predictions, register_and_login
 
 LLM = "quern/smollm2-135m-instruct"
 EMBED = "quern/all-minilm-l6-v2"

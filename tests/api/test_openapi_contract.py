@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from api.schemas.predictions import CANCEL_AFTER_PATTERN, CURSOR_PATTERN
 from api.services.predictions import parse_cancel_after
 from models.registry import CUSTOM, MODEL_TYPES
-from tests.helpers import assert_problem, register_admin
+from tests.support.helpers import assert_problem, register_admin
 
 EMBED = "quern/all-minilm-l6-v2"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -1,11 +1,13 @@
 """/metrics and /ready of the API process (in-process; the multi-process and fault cases start
-real processes in tests/test_ops_processes.py and tests/test_faults.py), and who may read them.
+real processes in tests/ops/test_ops_processes.py and tests/system/test_faults.py), and who may
+read them.
 
 The in-process client's address is "testclient", never loopback: it is an operator only with
 the token, set on the settings object here.
 """
 
 import re
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +15,7 @@ from pydantic import SecretStr, ValidationError
 from starlette.requests import HTTPConnection
 
 from api.ops_access import is_operator
+from api.routes import health
 from api.settings import ApiSettings, get_api_settings
 
 BODY = {"model": "quern/all-minilm-l6-v2", "input": {"text": "count me"}}
@@ -128,19 +131,37 @@ def test_the_token_is_long_or_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ApiSettings().metrics_token is None
 
 
-def test_ready_tells_the_public_only_ready_or_not(client: TestClient, no_token: None) -> None:
-    response = client.get("/ready")
-    assert response.json() == {"status": "ready" if response.status_code == 200 else "not ready"}
+def test_ready_tells_the_public_only_ready_or_not(
+    client: TestClient, no_token: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for answered, status, text in ((True, 200, "ready"), (False, 503, "not ready")):
+        monkeypatch.setattr(health, "_workers", _workers_answering(answered))
+        response = client.get("/ready")
+        assert (response.status_code, response.json()) == (status, {"status": text})
 
 
 def test_ready_reports_each_dependency_to_operators(
-    client: TestClient, ops: dict[str, str]
+    client: TestClient, ops: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The in-process tests' broker database has no worker listening: not ready, and it says why.
+    monkeypatch.setattr(health, "_workers", _workers_answering(False))
     response = client.get("/ready", headers=ops)
     body = response.json()
+    assert response.status_code == 503 and body["status"] == "not ready"
     assert set(body["checks"]) == {"postgres", "redis", "workers"}
     assert body["checks"]["postgres"]["ok"] and body["checks"]["redis"]["ok"]
-    if not body["checks"]["workers"]["ok"]:
-        assert response.status_code == 503 and body["status"] == "not ready"
-        assert re.search("no worker", body["checks"]["workers"]["detail"])
+    assert re.search("no worker", body["checks"]["workers"]["detail"])
+    monkeypatch.setattr(health, "_workers", _workers_answering(True))
+    response = client.get("/ready", headers=ops)
+    assert response.status_code == 200 and response.json()["checks"]["workers"]["ok"]
+
+
+def _workers_answering(answered: bool) -> Callable[[], str]:
+    """The workers check as the broker would answer it (in-process tests run no worker, and
+    a worker of another test run on this Redis may answer a real ping)."""
+
+    def check() -> str:
+        if not answered:
+            raise RuntimeError("no worker answered within 1 s")
+        return "1 answered"
+
+    return check

@@ -13,7 +13,7 @@ from sqlalchemy import event, text
 from db.repositories import predictions
 from db.repositories.predictions import Cursor, Filters
 from db.session import session_scope
-from tests.helpers import assert_problem, register_admin, register_and_login
+from tests.support.helpers import assert_problem, register_admin, register_and_login
 
 EMBED = "quern/all-minilm-l6-v2"
 LLM = "quern/smollm2-135m-instruct"

@@ -8,8 +8,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from tests.conftest import API_REDIS_URL
-from tests.helpers import assert_problem, count_predictions, register_and_login
-from tests.processes import wait_until
+from tests.support.helpers import assert_problem, count_predictions, register_and_login
+from tests.support.processes import wait_until
 
 EMBED = "quern/all-minilm-l6-v2"
 LLM = "quern/smollm2-135m-instruct"

@@ -10,7 +10,7 @@ import redis
 from api import queue
 from api.settings import get_api_settings
 from tests.conftest import API_REDIS_URL
-from tests.helpers import create_prediction_row, create_version
+from tests.support.helpers import create_prediction_row, create_version
 from tests.workers.stubs import load
 
 

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from api.metrics import CACHE_HITS, CACHE_MISSES
 from db.session import session_scope
 from tests.conftest import API_REDIS_URL
-from tests.helpers import assert_problem, create_version, register_and_login
-from tests.processes import wait_until
+from tests.support.helpers import assert_problem, create_version, register_and_login
+from tests.support.processes import wait_until
 
 PUBLIC_HOOK = "https://93.184.215.14/hooks/quern"  # a public address: no DNS needed
 VECTOR = [0.25, -0.5, 1.0]
@@ -174,7 +174,7 @@ def test_hits_and_misses_are_counted_per_model(
 
 
 def test_the_cache_is_set_per_version_and_refused_for_file_outputs(client: TestClient) -> None:
-    from tests.helpers import register_admin
+    from tests.support.helpers import register_admin
 
     admin = register_admin(client)
     model = client.post("/v1/models", json={"name": "cached-embeddings"}, headers=admin).json()

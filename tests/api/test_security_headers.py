@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from db.session import session_scope
 from db.storable import MAX_DEPTH
 from db.tables import Prediction
-from tests.helpers import assert_problem
+from tests.support.helpers import assert_problem
 
 
 def test_every_answer_says_nosniff_no_referrer_no_framing(client: TestClient) -> None:
@@ -50,7 +50,7 @@ def test_an_input_nested_too_deep_is_422_naming_it_and_nothing_is_stored(
 
 def _free_form_version() -> str:
     from db.repositories import models
-    from tests.helpers import create_version
+    from tests.support.helpers import create_version
 
     version_id = create_version(max_batch_size=1, max_batch_wait_ms=0)
     with session_scope() as session:

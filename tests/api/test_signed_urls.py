@@ -20,7 +20,7 @@ from db.seed import SYSTEM_USER
 from db.session import session_scope
 from db.signed_urls import get_url_signer
 from db.tables import Prediction, PredictionStatus
-from tests.helpers import assert_problem, register_admin, register_and_login
+from tests.support.helpers import assert_problem, register_admin, register_and_login
 
 PNG = b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(64)
 PUBLIC_URL = "http://127.0.0.1:8000"  # where the workers' file URLs point (QUERN_PUBLIC_URL)

@@ -9,7 +9,7 @@ from sqlalchemy import update
 from api.settings import get_api_settings
 from db.session import session_scope
 from db.tables import ApiToken
-from tests.helpers import assert_problem, register_and_login
+from tests.support.helpers import assert_problem, register_and_login
 
 
 def _create_token(client: TestClient, auth: dict[str, str], **body: object) -> dict[str, object]:

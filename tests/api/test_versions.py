@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import assert_problem, count_predictions, new_username, register_admin
+from tests.support.helpers import assert_problem, count_predictions, new_username, register_admin
 
 SCHEMA = {
     "type": "object",

@@ -6,7 +6,7 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import assert_problem, count_predictions, register_and_login
+from tests.support.helpers import assert_problem, count_predictions, register_and_login
 
 EMBED = "quern/all-minilm-l6-v2"
 PUBLIC_HOOK = "https://93.184.215.14/hooks/quern?token=abc"  # a public address: no DNS needed

@@ -15,7 +15,7 @@ from db.repositories.predictions_async import (
 from db.session import session_scope
 from db.settings import get_database_settings
 from db.tables import Prediction
-from tests.helpers import create_prediction_row, create_version
+from tests.support.helpers import create_prediction_row, create_version
 
 
 def create(owner_id: str, version_id: str, **values: Any) -> tuple[str, Created]:

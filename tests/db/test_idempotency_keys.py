@@ -5,7 +5,7 @@ from sqlalchemy import text, update
 from db.repositories import idempotency_keys
 from db.session import session_scope
 from db.tables import IdempotencyKey, Prediction
-from tests.helpers import create_prediction_row
+from tests.support.helpers import create_prediction_row
 
 
 def test_only_keys_older_than_24_hours_are_forgotten_and_deleted() -> None:

@@ -7,7 +7,7 @@ from db.repositories.predictions import UNFINISHED
 from db.seed import seed
 from db.session import session_scope
 from db.tables import PredictionStatus
-from tests.helpers import create_prediction_row
+from tests.support.helpers import create_prediction_row
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from db.repositories.predictions import STATUS_CHANNEL, UNFINISHED
 from db.session import session_scope
 from db.tables import PredictionStatus
 from tests.conftest import DATABASE_URL
-from tests.helpers import create_prediction_row
+from tests.support.helpers import create_prediction_row
 
 
 def test_each_committed_status_change_is_notified_once_with_id_and_status() -> None:

@@ -23,7 +23,7 @@ from db.tables import (
     WebhookDelivery,
     WebhookEvent,
 )
-from tests.helpers import create_version, new_username
+from tests.support.helpers import create_version, new_username
 from workers.settings import get_worker_settings
 from workers.webhooks import dispatcher
 

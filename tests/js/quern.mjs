@@ -1,4 +1,4 @@
-// What every test file shares: the live stack that tests/test_replicate_js_client.py started
+// What every test file shares: the live stack that tests/system/test_replicate_js_client.py started
 // (QUERN_JS_CONTEXT, JSON) and a client made as the README shows it.
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
@@ -11,7 +11,7 @@ export const ApiError = require("replicate/lib/error");
 
 export const context = JSON.parse(process.env.QUERN_JS_CONTEXT ?? "null");
 if (!context) {
-  throw new Error("run through tests/test_replicate_js_client.py: QUERN_JS_CONTEXT is not set");
+  throw new Error("run through tests/system/test_replicate_js_client.py: QUERN_JS_CONTEXT is not set");
 }
 
 export const EMBEDDINGS = "quern/all-minilm-l6-v2";

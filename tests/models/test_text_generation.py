@@ -1,5 +1,5 @@
 """Text generation's pieces that need no model: stop sequences in the stream and the output,
-and token counts. tests/test_openai_client.py runs the real model."""
+and token counts. tests/system/test_openai_client.py runs the real model."""
 
 import torch
 

@@ -1,7 +1,8 @@
 """Batches as the worker runs them, with a tiny stand-in predictor per behaviour.
 
 Each test has its own model version (so its own batcher) and real rows in PostgreSQL; only the
-model is a stand-in. The live worker and the real models are exercised in tests/test_pipeline.py.
+model is a stand-in. The live worker and the real models are exercised in
+tests/system/test_pipeline.py.
 """
 
 import threading
@@ -10,7 +11,7 @@ from typing import Any
 
 from db.storable import MAX_DEPTH
 from models.base import PredictionError
-from tests.helpers import create_prediction_row, create_version
+from tests.support.helpers import create_prediction_row, create_version
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
 from workers.tasks.predictions import run_prediction
 

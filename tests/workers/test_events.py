@@ -20,7 +20,7 @@ from db.tables import PredictionStatus
 from models.base import emit_outputs, output_sink
 from models.text_generation import RowStreamer
 from tests.conftest import API_REDIS_URL
-from tests.helpers import create_prediction_row, create_version, new_username
+from tests.support.helpers import create_prediction_row, create_version, new_username
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
 from workers import events, recording
 from workers.events import EventPublisher

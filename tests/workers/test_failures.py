@@ -20,8 +20,8 @@ from db.repositories.predictions import UNFINISHED
 from db.session import session_scope
 from db.tables import PredictionStatus
 from models.base import stop_requested
-from tests.helpers import create_prediction_row, create_version
-from tests.processes import wait_until
+from tests.support.helpers import create_prediction_row, create_version
+from tests.support.processes import wait_until
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
 from workers import recording, sweeper
 from workers.celery_app import app

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from db.repositories import file_bytes, files, predictions, users
 from db.session import session_scope
 from db.webhook_guard import get_guard_settings
-from tests.helpers import create_version, new_username
+from tests.support.helpers import create_version, new_username
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
 from workers import sweeper
 from workers.celery_app import app

@@ -14,7 +14,7 @@ from db.repositories.predictions import Claim
 from db.session import session_scope
 from db.tables import File, Prediction, PredictionStatus
 from models.base import FileOutput
-from tests.helpers import create_prediction_row, create_version
+from tests.support.helpers import create_prediction_row, create_version
 from tests.workers.stubs import Recording, StandInRuntime, run_together
 from workers import files
 from workers.settings import get_worker_settings

@@ -7,8 +7,8 @@ import pytest
 from celery.signals import task_postrun, task_prerun
 
 from db import log_format
-from tests.helpers import create_prediction_row, create_version
-from tests.log_lines import Lines, capture_lines
+from tests.support.helpers import create_prediction_row, create_version
+from tests.support.log_lines import Lines, capture_lines
 from tests.workers.stubs import Recording, StandInRuntime, run_together
 from workers import batches
 from workers.tasks.predictions import run_prediction

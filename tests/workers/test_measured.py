@@ -7,7 +7,7 @@ import numpy as np
 
 from db.prediction_object import prediction_object
 from models.base import Metered
-from tests.helpers import create_prediction_row, create_version
+from tests.support.helpers import create_prediction_row, create_version
 from tests.workers.stubs import Recording, StandInRuntime, run_together
 
 

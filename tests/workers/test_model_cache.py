@@ -11,8 +11,8 @@ from db.repositories import models
 from db.seed import SYSTEM_USER
 from db.session import session_scope
 from db.tables import ModelVersion
-from tests.custom_predictors import Sized
-from tests.helpers import new_username
+from tests.support.custom_predictors import Sized
+from tests.support.helpers import new_username
 from workers.model_cache import CachedModel, ModelCache, tensor_bytes
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
@@ -202,7 +202,7 @@ def test_the_worker_runtime_evicts_within_its_configured_budget(
     """Three 400 MB models under a 1000 MB budget: the third load drops the first."""
     settings.model_memory_mb = 1000
     first, second, third = (
-        version_of("tests.custom_predictors:Sized", f"package://tests/{folder}")
+        version_of("tests.support.custom_predictors:Sized", f"package://tests/{folder}")
         for folder in ("workers", "api", "db")
     )
     assert runtime.get_predictor(first)[1] and runtime.get_predictor(second)[1]
@@ -215,8 +215,8 @@ def test_the_worker_runtime_evicts_within_its_configured_budget(
 def test_versions_that_differ_only_in_batching_share_one_loaded_model(
     runtime: WorkerRuntime,
 ) -> None:
-    one = version_of("tests.custom_predictors:Reverse", "package://tests")
-    two = version_of("tests.custom_predictors:Reverse", "package://tests")
+    one = version_of("tests.support.custom_predictors:Reverse", "package://tests")
+    two = version_of("tests.support.custom_predictors:Reverse", "package://tests")
     loaded, _ = runtime.get_predictor(one)
     again, just_loaded = runtime.get_predictor(two)
     assert again is loaded and not just_loaded

@@ -15,8 +15,8 @@ import redis
 from db.ids import new_id
 from db.repositories import predictions
 from db.session import session_scope
-from tests.helpers import create_prediction_row
-from tests.processes import ROOT
+from tests.support.helpers import create_prediction_row
+from tests.support.processes import ROOT
 from tests.workers.stubs import load
 from workers import broker_memory, orphans, sweeper
 from workers.celery_app import app

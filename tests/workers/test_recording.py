@@ -6,7 +6,7 @@ from db.repositories import predictions
 from db.repositories.predictions import UNFINISHED, Claim, Fate
 from db.session import session_scope
 from db.tables import PredictionStatus
-from tests.helpers import create_prediction_row
+from tests.support.helpers import create_prediction_row
 from tests.workers.stubs import load
 from workers import recording
 from workers.events import Event, EventPublisher

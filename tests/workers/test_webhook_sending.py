@@ -25,8 +25,8 @@ from db.session import session_scope
 from db.settings import get_database_settings
 from db.tables import DeliveryStatus, PredictionStatus, WebhookDelivery
 from db.webhook_guard import get_guard_settings
-from tests.helpers import create_version, new_username
-from tests.webhook_receiver import Answer, Received, Receiver, receiving
+from tests.support.helpers import create_version, new_username
+from tests.support.webhook_receiver import Answer, Received, Receiver, receiving
 from workers.settings import WorkerSettings, get_worker_settings
 from workers.webhooks import dispatcher, sending
 from workers.webhooks.delivery import deliver, next_step, retry_delay

@@ -8,8 +8,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.helpers import register_and_login
-from tests.live import LiveStack
+from tests.support.helpers import register_and_login
+from tests.support.live import LiveStack
 
 pytestmark = pytest.mark.slow
 

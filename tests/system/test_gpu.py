@@ -13,7 +13,7 @@ from db.seed import SYSTEM_USER
 from db.session import session_scope
 from db.tables import ModelVersion
 from models.base import FileOutput
-from tests.helpers import new_username
+from tests.support.helpers import new_username
 from workers.runtime import WorkerRuntime
 from workers.settings import get_worker_settings
 
@@ -91,7 +91,7 @@ def test_text_to_image_runs_in_fp16_on_the_gpu(runtime: WorkerRuntime) -> None:
 
 def test_a_custom_predictor_is_given_the_gpu(runtime: WorkerRuntime) -> None:
     version = gpu_version(
-        None, model_type="custom", predictor="tests.custom_predictors:Reverse",
+        None, model_type="custom", predictor="tests.support.custom_predictors:Reverse",
         weights="package://tests",
     )  # fmt: skip
     _, outputs = run(runtime, version, [{"text": "ab"}])

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from scripts.local_stack import Supervisor
-from tests.processes import ROOT, free_port, wait_for_prediction, wait_until
+from tests.support.processes import ROOT, free_port, wait_for_prediction, wait_until
 
 
 def python(code: str) -> subprocess.Popen[bytes]:

@@ -40,7 +40,7 @@ from jsonschema.exceptions import ValidationError
 from db.tables import Hardware
 from workers.contract import WEBHOOKS_QUEUE, prediction_queue
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ("production", "trial")
 KEDA_SCHEMAS = K8S / "schemas" / "keda-v2.20.2.json"

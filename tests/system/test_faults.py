@@ -24,9 +24,9 @@ from redis import Redis
 
 from db.ids import new_id
 from scripts.local_stack import start_postgres, start_redis
-from tests.helpers import register_and_login
-from tests.processes import ROOT, free_port, http_ok, start, stop, wait_until
-from tests.webhook_receiver import Answer, receiving
+from tests.support.helpers import register_and_login
+from tests.support.processes import ROOT, free_port, http_ok, start, stop, wait_until
+from tests.support.webhook_receiver import Answer, receiving
 
 pytestmark = pytest.mark.slow
 

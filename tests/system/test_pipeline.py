@@ -9,9 +9,9 @@ from celery import Celery
 
 from db.ids import new_id
 from tests.conftest import WORKER_REDIS_URL
-from tests.helpers import create_version
-from tests.live import LiveStack
-from tests.processes import wait_for_prediction, wait_until
+from tests.support.helpers import create_version
+from tests.support.live import LiveStack
+from tests.support.processes import wait_for_prediction, wait_until
 
 pytestmark = pytest.mark.slow
 

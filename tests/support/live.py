@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import DATABASE_URL, WORKER_REDIS_URL
-from tests.helpers import register_and_login
-from tests.processes import free_port, http_ok, start, stop, wait_until
+from tests.support.helpers import register_and_login
+from tests.support.processes import free_port, http_ok, start, stop, wait_until
 
 
 @dataclass

@@ -9,8 +9,8 @@ import pytest
 
 from tests.api.test_ops import _value
 from tests.conftest import DATABASE_URL, WORKER_REDIS_URL
-from tests.live import LiveStack
-from tests.processes import free_port, http_ok, start, stop, wait_for_prediction, wait_until
+from tests.support.live import LiveStack
+from tests.support.processes import free_port, http_ok, start, stop, wait_for_prediction, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """The operations files: docker-compose.gpu.yml, Prometheus's config and Grafana's provisioning
 and dashboard, checked without Docker or a network; and Flower, run for real (slow).
 
-The compose checks reuse tests/test_compose_file.py's interpolation and vendored Compose
+The compose checks reuse tests/ops/test_compose_file.py's interpolation and vendored Compose
 Specification schema. The dashboard's PromQL may name only metrics that Quern, Flower or
 Prometheus itself export, so a renamed metric shows up here rather than as an empty panel.
 """
@@ -24,9 +24,7 @@ from jsonschema.validators import validator_for
 from prometheus_client.metrics import MetricWrapperBase
 
 from tests.conftest import DATABASE_URL, WORKER_REDIS_URL
-from tests.live import LiveStack
-from tests.processes import free_port, http_ok, start, stop, wait_for_prediction, wait_until
-from tests.test_compose_file import (
+from tests.ops.test_compose_file import (
     COMPOSE_FILE,
     ROOT,
     SCHEMA_FILE,
@@ -36,6 +34,8 @@ from tests.test_compose_file import (
     raw_compose,
     run_compose,
 )
+from tests.support.live import LiveStack
+from tests.support.processes import free_port, http_ok, start, stop, wait_for_prediction, wait_until
 
 GPU_COMPOSE_FILE = ROOT / "docker-compose.gpu.yml"
 OPS = ROOT / "ops"

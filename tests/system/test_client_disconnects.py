@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_REDIS_URL, DATABASE_URL
-from tests.helpers import register_and_login
-from tests.processes import free_port, http_ok, start, stop, wait_until
+from tests.support.helpers import register_and_login
+from tests.support.processes import free_port, http_ok, start, stop, wait_until
 
 pytestmark = pytest.mark.slow
 

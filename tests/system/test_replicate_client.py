@@ -17,9 +17,9 @@ from replicate.pagination import paginate
 from replicate.stream import ServerSentEvent
 from replicate.webhook import WebhookValidationError
 
-from tests.helpers import create_version, new_username, register_admin, register_and_login
-from tests.live import LiveStack
-from tests.webhook_receiver import Answer, receiving
+from tests.support.helpers import create_version, new_username, register_admin, register_and_login
+from tests.support.live import LiveStack
+from tests.support.webhook_receiver import Answer, receiving
 
 pytestmark = pytest.mark.slow
 
@@ -294,7 +294,7 @@ def test_run_uploads_a_local_file_which_the_worker_hands_the_model(
               "required": ["file"]}  # fmt: skip
     version = live.client.post(
         f"/v1/models/{me}/{name}/versions",
-        json={"model_type": "custom", "predictor": "tests.custom_predictors:Digest",
+        json={"model_type": "custom", "predictor": "tests.support.custom_predictors:Digest",
               "weights": "package://tests", "input_schema": schema},
         headers=admin_headers,
     )  # fmt: skip

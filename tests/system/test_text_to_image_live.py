@@ -6,9 +6,9 @@ import io
 import pytest
 from PIL import Image
 
-from tests.helpers import register_and_login
-from tests.live import LiveStack
-from tests.processes import wait_for_prediction
+from tests.support.helpers import register_and_login
+from tests.support.live import LiveStack
+from tests.support.processes import wait_for_prediction
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ from standardwebhooks import Webhook
 
 from db.ids import new_id
 from tests.conftest import WORKER_REDIS_URL
-from tests.live import LiveStack
-from tests.processes import wait_for_prediction, wait_until
-from tests.webhook_receiver import Answer, Received, Receiver, receiving
+from tests.support.live import LiveStack
+from tests.support.processes import wait_for_prediction, wait_until
+from tests.support.webhook_receiver import Answer, Received, Receiver, receiving
 
 pytestmark = pytest.mark.slow
 

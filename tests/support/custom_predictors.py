@@ -1,5 +1,5 @@
 """Custom predictors as a user would write them: nothing from Quern but the protocol's shape.
-The live worker imports them by class path (`tests.custom_predictors:Reverse`)."""
+The live worker imports them by class path (`tests.support.custom_predictors:Reverse`)."""
 
 from pathlib import Path
 from typing import Any

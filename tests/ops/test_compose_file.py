@@ -26,9 +26,9 @@ import pytest
 import yaml
 from jsonschema.validators import validator_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SCHEMA_FILE = Path(__file__).resolve().parent / "data" / "compose-spec.json"
+SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
 API_DOCKERFILE = ROOT / "api" / "Dockerfile"
 WORKER_DOCKERFILE = ROOT / "workers" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -17,9 +17,9 @@ from sqlalchemy import text
 
 from db.session import session_scope
 from tests.conftest import WORKER_REDIS_URL
-from tests.helpers import create_version, register_and_login
-from tests.live import LiveStack
-from tests.processes import wait_for_prediction
+from tests.support.helpers import create_version, register_and_login
+from tests.support.live import LiveStack
+from tests.support.processes import wait_for_prediction
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,12 @@ from sqlalchemy import select
 from db.session import session_scope
 from db.tables.model import Model
 from db.tables.model_version import ModelVersion
-from tests.helpers import create_version, register_admin, register_and_login
-from tests.live import LiveStack
+from tests.support.helpers import create_version, register_admin, register_and_login
+from tests.support.live import LiveStack
 
 pytestmark = pytest.mark.slow
 
-JS = Path(__file__).resolve().parent / "js"
+JS = Path(__file__).resolve().parents[1] / "js"
 LOCK = JS / "package-lock.json"
 STAMP = JS / "node_modules" / ".quern-lock-sha256"  # which lock file node_modules holds
 # Where a test file needs predictions that stay queued: how many such versions it uses.

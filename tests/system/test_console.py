@@ -3,7 +3,7 @@ Playwright, against the live stack (a uvicorn API and a real worker running the 
 models). Nothing is downloaded: Playwright launches the system's Chromium.
 
 QUERN_CONSOLE_SCREENSHOTS=<folder> saves a screenshot of each main page there (the README's
-come from `QUERN_CONSOLE_SCREENSHOTS=docs/console pytest tests/test_console.py`)."""
+come from `QUERN_CONSOLE_SCREENSHOTS=docs/console pytest tests/system/test_console.py`)."""
 
 import base64
 import os
@@ -17,8 +17,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.helpers import new_username
-from tests.live import LiveStack
+from tests.support.helpers import new_username
+from tests.support.live import LiveStack
 
 pytestmark = pytest.mark.slow
 
@@ -222,7 +222,7 @@ def test_markup_in_model_output_is_shown_as_text(
     model = f"{account[0]}/{name}"
     version: dict[str, Any] = {
         "model_type": "custom",
-        "predictor": "tests.custom_predictors:Reverse",
+        "predictor": "tests.support.custom_predictors:Reverse",
         "weights": "package://tests",
         "input_schema": {
             "type": "object",
@@ -268,3 +268,11 @@ def test_the_history_filters_by_status_and_a_prediction_page_shows_its_deliverie
     expect(page.locator("p.embedding")).to_contain_text("384 numbers")
     expect(page.locator("table.deliveries")).to_contain_text("completed", timeout=30_000)
     screenshot(page, "prediction")
+
+
+def test_a_crafted_link_cannot_send_the_token_to_another_host(page: Page, live: LiveStack) -> None:
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{live.base_url}/console#/models?page=http://127.0.0.2:9/v1/models")
+    expect(page.get_by_role("link", name=LLM)).to_be_visible()
+    assert requested and all(url.startswith(live.base_url) for url in requested), requested

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import new_username, register_admin
-from tests.live import LiveStack
+from tests.support.helpers import new_username, register_admin
+from tests.support.live import LiveStack
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_a_custom_version_registered_now_is_served_without_restarting_the_worker
 ) -> None:
     admin = register_admin(live.client)
     model = add_version(
-        live, admin, model_type="custom", predictor="tests.custom_predictors:Reverse"
+        live, admin, model_type="custom", predictor="tests.support.custom_predictors:Reverse"
     )
     done = predict(live, model, {"text": "batch me"})
     assert done["status"] == "succeeded", done
@@ -61,8 +61,8 @@ def test_a_custom_class_the_worker_cannot_import_fails_the_prediction_clearly(
 ) -> None:
     admin = register_admin(live.client)
     model = add_version(
-        live, admin, model_type="custom", predictor="tests.custom_predictors:Missing"
+        live, admin, model_type="custom", predictor="tests.support.custom_predictors:Missing"
     )
     done = predict(live, model, {"text": "x"})
     assert done["status"] == "failed", done
-    assert "cannot load tests.custom_predictors:Missing" in done["error"]
+    assert "cannot load tests.support.custom_predictors:Missing" in done["error"]

@@ -8,7 +8,7 @@ import sys
 import httpx
 
 from scripts.local_stack import api_command
-from tests.processes import ROOT, free_port, http_ok, stop, wait_until
+from tests.support.processes import ROOT, free_port, http_ok, stop, wait_until
 
 
 def test_a_spoofed_forwarded_for_does_not_reset_the_sign_in_limit(tmp_path) -> None:

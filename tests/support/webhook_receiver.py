@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.processes import wait_until
+from tests.support.processes import wait_until
 
 
 @dataclass(frozen=True)
