@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from models.base import PredictionError, is_out_of_memory
 from models.text_generation import MAX_PROMPT_TOKENS, RowText, prompt_too_long
@@ -138,7 +139,7 @@ class StepBatch:
         assert self.positions is not None and self.last is not None
         mask = F.pad(self.mask, (0, 1), value=1)
         # A step that raises may have grown some layers: each is put back as it was.
-        before = [(layer.keys, layer.values) for layer in self.cache.layers]
+        before = kv(self.cache)
         try:
             logits = self.model(
                 input_ids=self.last[:, None],
@@ -149,7 +150,7 @@ class StepBatch:
             ).logits[:, -1]
             tokens = sample(logits, self.rows)
         except BaseException:
-            for layer, (keys, values) in zip(self.cache.layers, before, strict=True):
+            for layer, (keys, values) in zip(layers(self.cache), before, strict=True):
                 layer.keys, layer.values = keys, values
             raise
         self.mask, self.positions = mask, self.positions + 1
@@ -172,18 +173,15 @@ class StepBatch:
             missing = width - tensor.shape[-dim_from_end]
             return F.pad(tensor, (0, 0) * (dim_from_end - 1) + (missing, 0))
 
-        layers = [
-            (
-                torch.cat([padded(a.keys, 2), padded(b.keys, 2)]),
-                torch.cat([padded(a.values, 2), padded(b.values, 2)]),
-            )
-            for a, b in zip(self.cache.layers, other.cache.layers, strict=True)
+        joined = [
+            (torch.cat([padded(k, 2), padded(k2, 2)]), torch.cat([padded(v, 2), padded(v2, 2)]))
+            for (k, v), (k2, v2) in zip(kv(self.cache), kv(other.cache), strict=True)
         ]
         self._become(
             StepBatch(
                 self.model,
                 self.rows + other.rows,
-                DynamicCache(ddp_cache_data=layers),
+                DynamicCache(ddp_cache_data=joined),
                 torch.cat([padded(self.mask, 1), padded(other.mask, 1)]),
                 torch.cat([_known(self.positions), _known(other.positions)]),
                 torch.cat([_known(self.last), _known(other.last)]),
@@ -198,13 +196,11 @@ class StepBatch:
         at = torch.tensor(indices, device=self.mask.device)
         mask = self.mask[at]
         start = int((mask.sum(0) > 0).int().argmax())  # the first column a row uses
-        layers = [
-            (layer.keys[at, :, start:], layer.values[at, :, start:]) for layer in self.cache.layers
-        ]
+        kept = [(keys[at, :, start:], values[at, :, start:]) for keys, values in kv(self.cache)]
         return StepBatch(
             self.model,
             [self.rows[i] for i in indices],
-            DynamicCache(ddp_cache_data=layers),
+            DynamicCache(ddp_cache_data=kept),
             mask[:, start:],
             _known(self.positions)[at],
             _known(self.last)[at],
@@ -213,6 +209,20 @@ class StepBatch:
     def _become(self, other: "StepBatch") -> None:
         self.rows, self.cache, self.mask = other.rows, other.cache, other.mask
         self.positions, self.last = other.positions, other.last
+
+
+def layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers: full attention only (a sliding window or a linear-attention state
+    cannot be padded and concatenated this way)."""
+    found = list(cache.layers)
+    if not all(type(layer) is DynamicLayer for layer in found):
+        raise TypeError("continuous batching needs a model whose layers all attend in full")
+    return found  # type: ignore[return-value]
+
+
+def kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values, [rows, heads, tokens, head size]."""
+    return [(_known(layer.keys), _known(layer.values)) for layer in layers(cache)]
 
 
 def _known(tensor: torch.Tensor | None) -> torch.Tensor:

@@ -20,13 +20,14 @@ from celery import Celery
 from db import log_format
 from db.repositories import models
 from db.session import session_scope
-from db.tables import Hardware, ModelVersion
+from db.tables import Batching, Hardware, ModelVersion
 from models import registry, weights
 from models.base import PredictionError
 from workers import container, metrics, sweeper
 from workers.batcher import Batcher
 from workers.batches import run_batch
 from workers.contract import WEBHOOKS_QUEUE
+from workers.engine import Engine
 from workers.events import EventPublisher
 from workers.leases import Leases
 from workers.model_cache import CachedModel, ModelCache, default_budget_bytes, tensor_bytes
@@ -72,7 +73,7 @@ class WorkerRuntime:
         self.compute_lock = threading.Lock()
         self._versions: dict[str, tuple[ModelVersion, str]] = {}  # id -> (version, owner/name)
         self._models = ModelCache(self._budget_bytes)
-        self._batchers: dict[str, Batcher[str]] = {}
+        self._batchers: dict[str, Batcher[str] | Engine] = {}
         self._batchers_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -107,21 +108,27 @@ class WorkerRuntime:
         thread.start()
         self._threads.append(thread)
 
-    def batcher_for(self, version_id: str) -> Batcher[str]:
-        """The batcher gathering prediction ids of `version_id`, sized by the version's limits."""
+    def batcher_for(self, version_id: str) -> Batcher[str] | Engine:
+        """What runs the predictions of `version_id`: its batcher, sized by the version's
+        limits, or its continuous-batching engine (workers/engine.py)."""
         batcher = self._batchers.get(version_id)
         if batcher is None:
             version = self.get_version(version_id)
             with self._batchers_lock:
                 batcher = self._batchers.get(version_id)
                 if batcher is None:
-                    batcher = self._batchers[version_id] = Batcher(
-                        version_id,
-                        lambda batch: run_batch(self, version, batch),
-                        max_size=version.max_batch_size,
-                        max_wait_s=version.max_batch_wait_ms / 1000,
-                    )
+                    batcher = self._batchers[version_id] = self._new_batcher(version)
         return batcher
+
+    def _new_batcher(self, version: ModelVersion) -> Batcher[str] | Engine:
+        if version.batching == Batching.CONTINUOUS:
+            return Engine(self, version)
+        return Batcher(
+            version.id,
+            lambda batch: run_batch(self, version, batch),
+            max_size=version.max_batch_size,
+            max_wait_s=version.max_batch_wait_ms / 1000,
+        )
 
     def get_version(self, version_id: str) -> ModelVersion:
         """Versions are immutable, so each is read once per process."""
