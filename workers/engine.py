@@ -193,8 +193,8 @@ class Engine:
             run.peak = max(run.peak, len(self._running))
         self._publish({run: run.row.take() for run in self._running if run.row is not None})
         stop = self.runtime.leases.stop_reason
-        ended = [run for run in self._running
-                 if run.row is None or run.row.done or stop(run.claim) is not None]  # fmt: skip
+        ended = [run for run in self._running if run.row is not None
+                 and (run.row.done or stop(run.claim) is not None)]  # fmt: skip
         self._finish([(run, self._output(run)) for run in ended])
 
     def _output(self, run: Running) -> Outcome:
