@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +71,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name=f"engine-{version.id}", daemon=True)
         self._thread.start()
 
-    def submit(self, item: str) -> "Any":
+    def submit(self, item: str) -> Future[None]:
         pending: Pending[str] = Pending(item)
         self._queue.put(pending)
         return pending.future
@@ -102,8 +103,14 @@ class Engine:
         if not taken:
             return
         ids = list(dict.fromkeys(pending.item for pending in taken))
-        with log_format.predictions_context(ids), session_scope() as session:
-            claims = predictions.claim(session, ids=ids, lease_s=self.runtime.settings.lease_s)
+        try:
+            with log_format.predictions_context(ids), session_scope() as session:
+                claims = predictions.claim(session, ids=ids, lease_s=self.runtime.settings.lease_s)
+        except Exception as exc:  # the database is out: the tasks retry their messages
+            log.warning("could not claim %d predictions: %s", len(ids), exc)
+            for pending in taken:
+                pending.future.set_exception(exc)
+            return
         claimed = {claim.id for claim in claims}
         for pending in taken:
             if pending.item not in claimed:

@@ -7,6 +7,7 @@ mid-stream and the others go on; an input that crashes the model fails alone.
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from db.repositories import predictions, users
 from db.repositories.predictions import UNFINISHED
@@ -16,10 +17,12 @@ from tests.helpers import create_version, new_username
 from tests.processes import wait_until
 from tests.workers.stubs import StandInRuntime, load
 from tests.workers.test_events import outputs, stream
+from workers import engine as engine_module
 from workers import metrics
 from workers.engine import Engine
 
-pytestmark = pytest.mark.slow  # the real model, generating for seconds on 2 cores
+# The real model, generating for seconds on 2 cores.
+slow = pytest.mark.slow
 
 LONG = "Count from 1 to 300, one number per line."
 
@@ -48,6 +51,7 @@ def submit(runtime: StandInRuntime, version: str, ids: list[str]) -> list[Any]:
     return [engine.submit(id) for id in ids]
 
 
+@slow
 def test_a_request_added_mid_batch_starts_and_ends_before_the_running_one(
     runtime: StandInRuntime,
 ) -> None:
@@ -79,6 +83,7 @@ def listening(runtime: StandInRuntime) -> None:
     runtime.start_leases()
 
 
+@slow
 @pytest.mark.usefixtures("listening")
 def test_a_cancel_stops_its_row_mid_stream_and_the_others_go_on(runtime: StandInRuntime) -> None:
     version = continuous()
@@ -97,6 +102,7 @@ def test_a_cancel_stops_its_row_mid_stream_and_the_others_go_on(runtime: StandIn
     assert finished.status == "succeeded" and "".join(outputs(kept)) == finished.output
 
 
+@slow
 def test_an_input_that_crashes_the_model_fails_alone(
     runtime: StandInRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,3 +132,19 @@ def test_an_input_that_crashes_the_model_fails_alone(
     assert done[1].error == "RuntimeError: the model crashed on this input"
     assert "limit is 2048" in (done[3].error or "")
     assert done[0].output and done[2].output
+
+
+def test_a_claim_the_database_refuses_fails_the_tasks_futures_so_they_retry(
+    runtime: StandInRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = continuous()
+    ids = [generation(version, "Say hi.", 4) for _ in range(2)]
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(engine_module.predictions, "claim", unreachable)
+    for future in submit(runtime, version, ids):
+        with pytest.raises(OperationalError):
+            future.result(timeout=30)
+    assert [load(id).status for id in ids] == ["starting", "starting"]
