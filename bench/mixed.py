@@ -134,7 +134,10 @@ def report(static: Mixed, continuous: Mixed, planned: list[tuple[float, Any]]) -
         f"same for both runs), greedy, {shorts} short ({'/'.join(map(str, SHORT))} new tokens) "
         f"and the rest long ({'/'.join(map(str, LONG))}; a long one may end sooner, at its "
         "end-of-sequence token). Both versions copy the built-in SmolLM2 with max batch 16; "
-        "static waits up to 250 ms for company, as the built-in static version did. TTFT: "
+        "static waits up to 250 ms for company, as the built-in static version did, and runs "
+        "the inputs of one batch that ask for different `max_new_tokens` as separate "
+        "`generate` calls, one after the other (they cannot share one): much of its loss "
+        "here. TTFT: "
         "the post to the first output entry of the prediction's event stream. Tokens/s: "
         "the tokens generated over the time from the first post to the last end.",
     ]
