@@ -87,7 +87,7 @@ class StepBatch:
             self._step()
             return {}
         except Exception as exc:
-            if is_out_of_memory(exc) or len(self.rows) == 1:
+            if is_out_of_memory(exc):
                 raise
         alone = [self._take([i]) for i in range(len(self.rows))]
         failed: dict[Row, BaseException] = {}

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Set
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -27,13 +27,15 @@ from workers import container, metrics, sweeper
 from workers.batcher import Batcher
 from workers.batches import run_batch
 from workers.contract import WEBHOOKS_QUEUE
-from workers.engine import Engine
 from workers.events import EventPublisher
 from workers.leases import Leases
 from workers.model_cache import CachedModel, ModelCache, default_budget_bytes, tensor_bytes
 from workers.settings import WorkerSettings
 from workers.webhooks import dispatcher
 from workers.webhooks.progress import ProgressThrottle
+
+if TYPE_CHECKING:  # imports torch: only where a continuous version runs
+    from workers.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class WorkerRuntime:
         thread.start()
         self._threads.append(thread)
 
-    def batcher_for(self, version_id: str) -> Batcher[str] | Engine:
+    def batcher_for(self, version_id: str) -> "Batcher[str] | Engine":
         """What runs the predictions of `version_id`: its batcher, sized by the version's
         limits, or its continuous-batching engine (workers/engine.py)."""
         batcher = self._batchers.get(version_id)
@@ -120,8 +122,10 @@ class WorkerRuntime:
                     batcher = self._batchers[version_id] = self._new_batcher(version)
         return batcher
 
-    def _new_batcher(self, version: ModelVersion) -> Batcher[str] | Engine:
+    def _new_batcher(self, version: ModelVersion) -> "Batcher[str] | Engine":
         if version.batching == Batching.CONTINUOUS:
+            from workers.engine import Engine  # torch, in the process that runs the model
+
             return Engine(self, version)
         return Batcher(
             version.id,
