@@ -50,6 +50,10 @@ class Row:
         chunk, self.pending = self.pending, ""
         return chunk
 
+    def close(self) -> None:
+        """Done (or stopped): what the final text adds to the chunks joins the pending text."""
+        self.pending += self.text.rest(self.text.final())
+
     def output(self) -> tuple[str, int]:
         """The final text (ending before a stop sequence) and the tokens generated."""
         return self.text.final(), len(self.text.tokens)

@@ -198,16 +198,18 @@ class Engine:
         """Stream the new chunks, then finish the rows that are done or must stop."""
         for run in self._running:
             run.peak = max(run.peak, len(self._running))
-        self._publish({run: run.row.take() for run in self._running if run.row is not None})
         stop = self.runtime.leases.stop_reason
         ended = [run for run in self._running if run.row is not None
                  and (run.row.done or stop(run.claim) is not None)]  # fmt: skip
+        for run in ended:
+            assert run.row is not None
+            run.row.close()
+        self._publish({run: run.row.take() for run in self._running if run.row is not None})
         self._finish([(run, self._output(run)) for run in ended])
 
     def _output(self, run: Running) -> Outcome:
         assert run.row is not None
         text, count = run.row.output()
-        self._publish({run: run.row.text.rest(text)})
         return Outcome(
             output=text,
             predict_time=time.perf_counter() - run.started,
