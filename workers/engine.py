@@ -10,8 +10,8 @@ canceled, lost, past their deadline or run timeout stop there; and every row tha
 handed to the recorder at once, so a prediction is recorded when it ends, not when the slowest
 of its batch does. Claims, leases, heartbeats, fencing and retries are the static path's own
 (workers/batches.py, workers/recording.py). Out of memory makes the engine admit fewer rows
-(the newest running ones retry later as a transient failure); an input that crashes the model
-fails alone.
+for a while (the newest running ones retry later as a transient failure); an input that
+crashes the model fails alone.
 """
 
 import json
@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Steps without running out of memory after which one more row may run (up to the version's
+# max_batch_size again): a spike lowers the capacity for a while, not for good.
+CALM_STEPS = 256
+
 
 @dataclass(eq=False)
 class Running:
@@ -63,6 +67,7 @@ class Engine:
         self.version = version
         self.model = runtime.model_ref(version.id)
         self.capacity = version.max_batch_size  # lowered by out of memory
+        self._calm_steps = 0  # since the last out of memory: the capacity grows back slowly
         self._queue: queue.SimpleQueue[Pending[str]] = queue.SimpleQueue()
         self._running: list[Running] = []
         self._cut: set[str] = set()  # lost a chunk: send no more, so the client has a prefix
@@ -147,7 +152,7 @@ class Engine:
         self._running += admitted
         metrics.GENERATED_TOKENS.labels(self.model).inc(len(admitted))  # their first tokens
         if any(is_out_of_memory(exc) for exc in failed.values()):
-            self.capacity = max(1, len(self._running))
+            self.capacity, self._calm_steps = max(1, len(self._running)), 0
             log.warning("out of memory admitting rows: at most %d run together", self.capacity)
         self._finish([(run, self._failure(run, failed[run.row])) for run in joining
                       if run.row in failed])  # fmt: skip
@@ -183,12 +188,15 @@ class Engine:
         if failed:
             self._finish([(run, self._failure(run, failed[run.row])) for run in self._running
                           if run.row in failed])  # fmt: skip
+        self._calm_steps += 1
+        if self._calm_steps >= CALM_STEPS and self.capacity < self.version.max_batch_size:
+            self.capacity, self._calm_steps = self.capacity + 1, 0
         metrics.GENERATED_TOKENS.labels(self.model).inc(len(self._running))
         self._after_step()
 
     def _shed(self, exc: BaseException) -> None:
         """Out of memory in a step: keep half the rows, the newest retry later."""
-        self.capacity = max(1, len(self._running) // 2)
+        self.capacity, self._calm_steps = max(1, len(self._running) // 2), 0
         log.warning("out of memory with %d rows: at most %d run together now",
                     len(self._running), self.capacity)  # fmt: skip
         shed = self._running[self.capacity :]

@@ -148,3 +148,36 @@ def test_a_claim_the_database_refuses_fails_the_tasks_futures_so_they_retry(
         with pytest.raises(OperationalError):
             future.result(timeout=30)
     assert [load(id).status for id in ids] == ["starting", "starting"]
+
+
+@slow
+def test_out_of_memory_in_a_step_admits_fewer_and_the_newest_retries(
+    runtime: StandInRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from models import continuous as steps
+
+    version = continuous()
+    first, second = generation(version, LONG, 40), generation(version, "Say hi.", 8)
+    real_sample = steps.sample
+    raised: list[int] = []
+
+    def out_of_memory(logits: Any, rows: Any) -> list[int]:
+        if len(rows) == 2 and not raised:
+            raised.append(len(rows))
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_sample(logits, rows)
+
+    monkeypatch.setattr(steps, "sample", out_of_memory)
+    (first_done,) = submit(runtime, version, [first])
+    wait_until(lambda: len(outputs(first)) >= 2, 120, "the first generation to stream")
+    (second_done,) = submit(runtime, version, [second])
+    second_done.result(timeout=120)
+    retried = load(second)
+    assert retried.status == "starting" and retried.attempts == 1  # waits out a retry delay
+    assert "OutOfMemoryError" in retried.logs and "retrying" in retried.logs
+    first_done.result(timeout=300)
+    assert load(first).status == "succeeded"
+    engine = runtime.batcher_for(version)
+    assert isinstance(engine, Engine) and engine.capacity == 1
