@@ -6,7 +6,9 @@ the API; one worker), then measures, on this machine and in this order:
   2. the accept path: predictions created per second with no worker running;
   3. the low-load overhead: end-to-end latency minus model time, one prediction in flight;
   4. Quern with batching and with batching off (max batch size 1), for both workloads;
-  5. where the time goes: a py-spy profile of the API and the worker under load.
+  5. text generation of mixed lengths arriving over time, static against continuous
+     batching (bench/mixed.py);
+  6. where the time goes: a py-spy profile of the API and the worker under load.
 The load comes from wrk (bench/load.py), a native client whose own CPU is reported, each
 connection posting with `Prefer: wait`: a closed loop. Server-side figures (batch sizes,
 overhead) come from the rows. Results are printed and written to bench/RESULTS.md.
@@ -29,7 +31,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench import load, profile
+from bench import load, mixed, profile
 from db.repositories.predictions import STATUS_CHANNEL
 from scripts.local_stack import log, run_step, start_postgres, start_redis
 from tests.support.processes import free_port, http_ok, start, stop, wait_until
@@ -255,6 +257,57 @@ def register_versions(workload: Workload) -> tuple[str, str, str, str]:
             )
             ids.append(version.id)
         return ids[0], ids[1], base.weights, base.model_type
+
+
+def register_mixed() -> tuple[str, str]:
+    """Two copies of the built-in SmolLM2 version, max batch 16: static batching (with the
+    250 ms window the built-in static version had) and continuous. Returns their ids."""
+    from db.repositories import models, users
+    from db.seed import SYSTEM_USER
+    from db.session import session_scope
+
+    with session_scope() as session:
+        original = models.get(session, owner=SYSTEM_USER, name="smollm2-135m-instruct")
+        owner = users.get_by_username(session, username=SYSTEM_USER)
+        assert original is not None and original.latest_version is not None and owner
+        ids = []
+        for batching, wait in (("static", 250), ("continuous", 0)):
+            model = models.create(session, owner_id=owner.id, name=f"bench-mixed-{batching}")
+            version = models.copy_version(
+                session, original.latest_version, model_id=model.id, max_batch_size=16,
+                max_batch_wait_ms=wait, batching=batching,
+            )  # fmt: skip
+            ids.append(version.id)
+        return ids[0], ids[1]
+
+
+async def mixed_runs(client: "Client", stack: "Stack", scale: float) -> list[list[str]]:
+    """The mixed workload on static, then continuous batching: summary rows and a section."""
+    static_id, continuous_id = register_mixed()
+    warm = {"prompt": "Hi", "max_new_tokens": 2, "temperature": 0, "top_p": 1}
+    for version in (static_id, continuous_id):
+        await asyncio.wait_for(client.run_one(version, warm), 600)
+    planned = mixed.schedule(scale)
+    runs = []
+    for label, version in (("static", static_id), ("continuous", continuous_id)):
+        runs.append(await mixed.run(client, stack.env["REDIS_URL"], label, version, planned))
+        log(f"mixed lengths, {label}: {runs[-1].tokens_per_s:.1f} tokens/s")
+    return mixed.report(runs[0], runs[1], planned)
+
+
+async def mixed_only(stack: "Stack", options: argparse.Namespace) -> str:
+    """`--only mixed`: the stack, then that workload alone (its section of RESULTS.md)."""
+    stack.start_api()
+    client = Client(stack.base_url, token_for(stack.base_url), stack.env["DATABASE_URL"])
+    listener = asyncio.create_task(client.listen())
+    await asyncio.sleep(0.5)
+    stack.start_worker()
+    summary, section = await mixed_runs(client, stack, options.scale)
+    listener.cancel()
+    await client.http.aclose()
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()[0]:.2f}"
+    return "\n".join([f"Run on {when} (`--only mixed`).", "", "| Figure | Value | Target |",
+                      "| --- | --- | --- |", *summary, *section])  # fmt: skip
 
 
 def half_repeated(count: int) -> list[dict[str, Any]]:
@@ -534,6 +587,7 @@ def report(
     client: str,
     openai: Run | None = None,
     cache_runs: tuple[Run, Run] | None = None,
+    mixed_report: list[list[str]] | None = None,
 ) -> str:
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -624,6 +678,9 @@ def report(
             f"{cached.seconds:.0f} s each. Mean batch counts the predictions a model ran; "
             f"{cached.cache_hits} of {cached.count} were answered from the cache.",
         ]
+    if mixed_report is not None:
+        lines += mixed_report[0]
+        body += mixed_report[1]
     lines += [
         f"| accept path: API CPU ms per create | {accept.cpu_ms('api'):.2f} | ≤ 1.5 |",
         f"| accept path: predictions created per second | {accept.throughput:.0f}/s | ≥ 1,200/s |",
@@ -672,6 +729,8 @@ async def with_cpu(stack: Stack, measured: Awaitable[Run]) -> Run:
 
 
 async def measure(stack: Stack, options: argparse.Namespace) -> str:
+    if options.only == "mixed":
+        return await mixed_only(stack, options)
     load_average = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     chosen = workloads(options.scale)
     measured = [w for w in chosen if options.only in (None, w.name)]
@@ -752,13 +811,16 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
         )  # fmt: skip
         log(f"embeddings, half repeats: {cache_runs[1].throughput:.1f}/s with the cache, "
             f"{cache_runs[0].throughput:.1f}/s without")  # fmt: skip
+    mixed_report = None
+    if options.only in (None, "text-generation"):
+        mixed_report = await mixed_runs(client, stack, options.scale)
     where = await profiled(stack, binary, token, versions["embeddings"][0], embeddings.inputs)
     rss = stack.api_rss_mb()
     listener.cancel()
     await client.http.aclose()
     return report(
         sections, accept, overhead, rss, load_average, where, f"wrk ({binary})", openai,
-        cache_runs,
+        cache_runs, mixed_report,
     )  # fmt: skip
 
 
@@ -767,7 +829,11 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".quern" / "bench")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each workload")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
-    parser.add_argument("--only", choices=["embeddings", "text-generation"], help="one workload")
+    parser.add_argument(
+        "--only",
+        choices=["embeddings", "text-generation", "mixed"],
+        help="one workload (mixed: text generation of mixed lengths, static vs continuous)",
+    )
     options = parser.parse_args()
     state: Path = options.state_dir.resolve()
     (state / "logs").mkdir(parents=True, exist_ok=True)

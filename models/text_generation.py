@@ -75,7 +75,7 @@ class TextGenerationPredictor:
         outputs: list[Any] = [None] * len(inputs)
         lengths = [0] * len(inputs)
         groups: dict[tuple[Any, ...], list[int]] = {}
-        prompts = [self._chat_prompt(item) for item in inputs]
+        prompts = [self.chat_prompt(item) for item in inputs]
         for index, item in enumerate(inputs):
             length = len(self.tokenizer(prompts[index], add_special_tokens=False)["input_ids"])
             lengths[index] = length
@@ -90,7 +90,7 @@ class TextGenerationPredictor:
                 outputs[i] = Metered(text, metrics)
         return outputs
 
-    def _chat_prompt(self, item: dict[str, Any]) -> str:
+    def chat_prompt(self, item: dict[str, Any]) -> str:
         messages = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
         return str(
             self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -187,18 +187,72 @@ class StopFlagged(StoppingCriteria):
         return torch.tensor(rows, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
+class RowText:
+    """One row's generated text as its tokens come: what may be streamed so far, and whether it
+    is done. Each token decodes the row's new tokens so far exactly as its output will be
+    decoded, and `add` answers what was added since the last chunk. Text ending in U+FFFD (a
+    character whose bytes are not all there yet) waits for the next token; so does a decoding
+    that would rewrite sent text (it cannot be taken back). With stop sequences, text that
+    could be the start of one waits too, and a row whose text holds one is done (`stopped`): its
+    text ends before the stop. `rest` gives what the final text adds to the chunks, so a row's
+    chunks concatenated equal its output. `tokens` are the ones it generated (its end token not
+    included)."""
+
+    def __init__(
+        self, decode: Callable[[list[int]], str], ends: set[int], stops: list[str] | None = None
+    ) -> None:
+        self.decode = decode
+        self.ends = ends  # token ids that end a row
+        self.stops = stops or []
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.done = False
+        self.stopped = False  # reached a stop sequence
+        self.cut = ""  # a stopped row's text: up to the stop
+
+    def add(self, token: int) -> str:
+        """The new chunk to stream after `token` ("" if none); a finished row ignores it."""
+        if self.done or token in self.ends:
+            self.done = True
+            return ""
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        if self.stops:
+            at = first_stop(text, self.stops)
+            if at is not None:
+                text = self.cut = text[:at]
+                self.done = self.stopped = True
+            else:
+                text = text[: len(text) - held_back(text, self.stops)]
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return ""
+        chunk, self.sent = text[len(self.sent) :], text
+        return chunk
+
+    def final(self, text: str | None = None) -> str:
+        """The output, from `text` (the new tokens decoded; by default its own): for a stopped
+        row, its text up to the stop sequence that ended it (the first to be complete, not the
+        first in a text that ran on a token while the row was being stopped)."""
+        if self.stopped:
+            return self.cut
+        return cut_at_stop(self.decode(self.tokens) if text is None else text, self.stops)
+
+    def rest(self, text: str) -> str:
+        """What the final `text` adds to the chunks sent."""
+        if not text.startswith(self.sent):
+            log.warning("streamed text of a row is not a prefix of its output")
+            return ""
+        return text[len(self.sent) :]
+
+
 class RowStreamer(BaseStreamer):
     """Streams every row's text while the rows generate as one batch (TextStreamer takes one).
 
-    `generate` calls `put` with the prompt ids, then with each step's next token of every row.
-    Each step decodes a row's new tokens so far exactly as its output will be decoded and emits
-    what was added since its last chunk. Text ending in U+FFFD (a character whose bytes are
-    not all there yet) waits for the next token; a row that finished (end of sequence, or
-    stopped) only gets pad tokens, which are ignored. With stop sequences, text that could be
-    the start of one waits too, and a row whose text holds one is done: its text ends before
-    the stop, and `stopped` asks `generate` to finish it. `finish` emits the rest of each final
-    text, so a row's chunks concatenated equal its output. `counts` are the tokens each row
-    generated (its end-of-sequence token not included).
+    `generate` calls `put` with the prompt ids, then with each step's next token of every row,
+    which its `RowText` turns into the chunk to emit; a row that finished (end of sequence, or
+    stopped) only gets pad tokens, which are ignored. `stopped` asks `generate` to finish the
+    rows that reached a stop sequence. `finish` emits the rest of each final text. `counts` are
+    the tokens each row generated (its end-of-sequence token not included).
     """
 
     def __init__(
@@ -208,15 +262,11 @@ class RowStreamer(BaseStreamer):
         finished: set[int],
         stops: list[list[str]] | None = None,
     ) -> None:
-        self.decode = decode
         self.indices = indices  # row in this `generate` call -> input's index in the batch
-        self.finished = finished  # token ids that end a row
-        self.stops = stops or [[] for _ in indices]
-        self.tokens: list[list[int]] = [[] for _ in indices]
-        self.sent = [""] * len(indices)
-        self.done = [False] * len(indices)
-        self.stopped = [False] * len(indices)  # reached a stop sequence
-        self.cut = [""] * len(indices)  # a stopped row's text: up to the stop
+        self.rows = [
+            RowText(decode, finished, row_stops) for row_stops in stops or [[]] * len(indices)
+        ]
+        self.stopped = [False] * len(indices)  # shared with StopFlagged
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -225,24 +275,9 @@ class RowStreamer(BaseStreamer):
             return
         chunks: dict[int, str] = {}
         for row, token in enumerate(value.tolist()):
-            if self.done[row] or token in self.finished:
-                self.done[row] = True
-                continue
-            self.tokens[row].append(token)
-            text = self.decode(self.tokens[row])
-            stops = self.stops[row]
-            if stops:
-                at = first_stop(text, stops)
-                if at is not None:
-                    text = self.cut[row] = text[:at]
-                    self.done[row] = self.stopped[row] = True
-                else:
-                    text = text[: len(text) - held_back(text, stops)]
-            # A decoding that would rewrite sent text also waits (it cannot be taken back).
-            if not text.endswith("\ufffd") and text.startswith(self.sent[row]):
-                if chunk := text[len(self.sent[row]) :]:
-                    chunks[self.indices[row]] = chunk
-                self.sent[row] = text
+            if chunk := self.rows[row].add(token):
+                chunks[self.indices[row]] = chunk
+            self.stopped[row] = self.rows[row].stopped
         emit_outputs(chunks)
 
     def end(self) -> None:
@@ -251,17 +286,13 @@ class RowStreamer(BaseStreamer):
     def finish(self, texts: list[str]) -> None:
         chunks: dict[int, str] = {}
         for row, text in enumerate(texts):
-            if not text.startswith(self.sent[row]):
-                log.warning("streamed text of row %d is not a prefix of its output", row)
-            elif chunk := text[len(self.sent[row]) :]:
+            if chunk := self.rows[row].rest(text):
                 chunks[self.indices[row]] = chunk
         emit_outputs(chunks)
 
     def final(self, row: int, text: str) -> str:
-        """The output of `row`, whose new tokens decode to `text`: for a stopped row, its text
-        up to the stop sequence that ended it (the first to be complete, not the first in a
-        text that ran on a token while the row was being stopped)."""
-        return self.cut[row] if self.stopped[row] else cut_at_stop(text, self.stops[row])
+        """The output of `row`, whose new tokens decode to `text` (RowText.final)."""
+        return self.rows[row].final(text)
 
     def counts(self) -> list[int]:
-        return [len(tokens) for tokens in self.tokens]
+        return [len(row.tokens) for row in self.rows]

@@ -186,6 +186,19 @@ def _run_batch(runtime: "WorkerRuntime", version: ModelVersion, batch: list[Pend
             notes.append(f"Loaded {version.model_type} model in {loaded.load_seconds:.2f}s")
         outcomes = predict_once_each(runtime, loaded.predictor, claims, version)
         metrics.observe_gpu_memory()
+    hand_over(runtime, version, claims, outcomes, notes, waiting)
+
+
+def hand_over(
+    runtime: "WorkerRuntime",
+    version: ModelVersion,
+    claims: list[Claim],
+    outcomes: list[Outcome],
+    notes: list[str],
+    waiting: list[Pending[str]],
+) -> None:
+    """Record the outcomes on the recorder's thread; then the claims' leases end and the task
+    threads `waiting` on them go on (and ack their messages)."""
     model = runtime.model_ref(version.id)
     future = runtime.recorder.submit(record, runtime, claims, outcomes, notes, model)
 

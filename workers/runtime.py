@@ -13,14 +13,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Set
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from db import log_format
 from db.repositories import models
 from db.session import session_scope
-from db.tables import Hardware, ModelVersion
+from db.tables import Batching, Hardware, ModelVersion
 from models import registry, weights
 from models.base import PredictionError
 from workers import container, metrics, sweeper
@@ -33,6 +33,9 @@ from workers.model_cache import CachedModel, ModelCache, default_budget_bytes, t
 from workers.settings import WorkerSettings
 from workers.webhooks import dispatcher
 from workers.webhooks.progress import ProgressThrottle
+
+if TYPE_CHECKING:  # imports torch: only where a continuous version runs
+    from workers.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class WorkerRuntime:
         self.compute_lock = threading.Lock()
         self._versions: dict[str, tuple[ModelVersion, str]] = {}  # id -> (version, owner/name)
         self._models = ModelCache(self._budget_bytes)
-        self._batchers: dict[str, Batcher[str]] = {}
+        self._batchers: dict[str, Batcher[str] | Engine] = {}
         self._batchers_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -107,21 +110,29 @@ class WorkerRuntime:
         thread.start()
         self._threads.append(thread)
 
-    def batcher_for(self, version_id: str) -> Batcher[str]:
-        """The batcher gathering prediction ids of `version_id`, sized by the version's limits."""
+    def batcher_for(self, version_id: str) -> "Batcher[str] | Engine":
+        """What runs the predictions of `version_id`: its batcher, sized by the version's
+        limits, or its continuous-batching engine (workers/engine.py)."""
         batcher = self._batchers.get(version_id)
         if batcher is None:
             version = self.get_version(version_id)
             with self._batchers_lock:
                 batcher = self._batchers.get(version_id)
                 if batcher is None:
-                    batcher = self._batchers[version_id] = Batcher(
-                        version_id,
-                        lambda batch: run_batch(self, version, batch),
-                        max_size=version.max_batch_size,
-                        max_wait_s=version.max_batch_wait_ms / 1000,
-                    )
+                    batcher = self._batchers[version_id] = self._new_batcher(version)
         return batcher
+
+    def _new_batcher(self, version: ModelVersion) -> "Batcher[str] | Engine":
+        if version.batching == Batching.CONTINUOUS:
+            from workers.engine import Engine  # torch, in the process that runs the model
+
+            return Engine(self, version)
+        return Batcher(
+            version.id,
+            lambda batch: run_batch(self, version, batch),
+            max_size=version.max_batch_size,
+            max_wait_s=version.max_batch_wait_ms / 1000,
+        )
 
     def get_version(self, version_id: str) -> ModelVersion:
         """Versions are immutable, so each is read once per process."""

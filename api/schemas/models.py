@@ -148,6 +148,12 @@ class VersionCreate(RequestBody):
     hardware: Literal["cpu", "gpu"] = "cpu"
     max_batch_size: int = Field(default=1, ge=1, le=256)
     max_batch_wait_ms: int = Field(default=5, ge=0, le=60_000)
+    batching: Literal["static", "continuous"] = Field(
+        default="static",
+        description="`static`: a gathered batch runs to its last token. `continuous` (text "
+        "generation): requests join and leave the running batch between tokens, up to "
+        "`max_batch_size` at once.",
+    )
     run_timeout_s: int = Field(default=300, ge=1, le=3600)
     cache: CacheSettings = Field(default_factory=CacheSettings)
 
@@ -164,6 +170,13 @@ class VersionCreate(RequestBody):
         if model_type is not None and (model_type == CUSTOM) != (predictor is not None):
             raise ValueError("give `predictor` for model_type custom, and only then")
         return predictor
+
+    @field_validator("batching")
+    @classmethod
+    def continuous_is_for_text(cls, batching: str, info: ValidationInfo) -> str:
+        if batching == "continuous" and info.data.get("model_type") != "text-generation":
+            raise ValueError("continuous batching is for model_type text-generation")
+        return batching
 
     @field_validator("cache")
     @classmethod
@@ -189,6 +202,7 @@ class VersionOut(ResponseBody):
     hardware: str
     max_batch_size: int
     max_batch_wait_ms: int
+    batching: str
     run_timeout_s: int
     cache: CacheSettings
     created_at: datetime

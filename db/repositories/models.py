@@ -157,6 +157,7 @@ def create_version(
     cache_enabled: bool = False,
     cache_ttl_s: int = 86400,
     cache_shared: bool = False,
+    batching: str = "static",
 ) -> ModelVersion:
     version = ModelVersion(
         predictor=predictor,
@@ -171,6 +172,7 @@ def create_version(
         cache_enabled=cache_enabled,
         cache_ttl_s=cache_ttl_s,
         cache_shared=cache_shared,
+        batching=batching,
     )
     session.add(version)
     session.flush()
@@ -185,6 +187,7 @@ def copy_version(
     max_batch_size: int,
     max_batch_wait_ms: int,
     run_timeout_s: int | None = None,
+    batching: str | None = None,
 ) -> ModelVersion:
     """A version of `model_id` that runs `base`'s weights with other batching limits (and no
     result cache)."""
@@ -199,4 +202,5 @@ def copy_version(
         max_batch_size=max_batch_size,
         max_batch_wait_ms=max_batch_wait_ms,
         run_timeout_s=run_timeout_s or base.run_timeout_s,
+        batching=batching or base.batching,
     )

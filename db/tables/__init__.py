@@ -4,7 +4,7 @@ from db.tables.api_token import ApiToken
 from db.tables.file import File, FileChunk
 from db.tables.idempotency_key import IdempotencyKey
 from db.tables.model import Model
-from db.tables.model_version import Hardware, ModelVersion
+from db.tables.model_version import Batching, Hardware, ModelVersion
 from db.tables.prediction import Prediction, PredictionSource, PredictionStatus
 from db.tables.user import Role, User
 from db.tables.webhook_delivery import (
@@ -19,6 +19,7 @@ from db.tables.webhook_secret import WebhookSecret
 __all__ = [
     "ALL_EVENTS",
     "ApiToken",
+    "Batching",
     "DeliveryStatus",
     "File",
     "FileChunk",

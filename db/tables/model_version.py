@@ -16,6 +16,14 @@ class Hardware(StrEnum):
     GPU = "gpu"
 
 
+class Batching(StrEnum):
+    """How a version's predictions share the model: `static` runs a gathered batch to its last
+    token; `continuous` (text generation) schedules per token (workers/engine.py)."""
+
+    STATIC = "static"
+    CONTINUOUS = "continuous"
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     __table_args__ = (
@@ -23,6 +31,7 @@ class ModelVersion(Base):
         CheckConstraint("max_batch_size >= 1", name="max_batch_size"),
         CheckConstraint("max_batch_wait_ms >= 0", name="max_batch_wait_ms"),
         CheckConstraint("run_timeout_s >= 1", name="run_timeout_s"),
+        CheckConstraint("batching IN ('static', 'continuous')", name="batching"),
         CheckConstraint("cache_ttl_s >= 1", name="cache_ttl_s"),
         Index("ix_model_versions_model_id_created_at", "model_id", "created_at"),
     )
@@ -39,6 +48,9 @@ class ModelVersion(Base):
     hardware: Mapped[str] = mapped_column(String(8), default=Hardware.CPU)
     max_batch_size: Mapped[int] = mapped_column(default=1)
     max_batch_wait_ms: Mapped[int] = mapped_column(default=5)
+    batching: Mapped[str] = mapped_column(
+        String(16), default=Batching.STATIC, server_default=Batching.STATIC.value
+    )
     run_timeout_s: Mapped[int] = mapped_column(default=300)
     # The result cache (api/services/result_cache.py): a repeated deterministic input is answered
     # with the output of a prediction that succeeded within cache_ttl_s, the caller's own unless

