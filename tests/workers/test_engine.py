@@ -13,8 +13,8 @@ from db.repositories import predictions, users
 from db.repositories.predictions import UNFINISHED
 from db.session import session_scope
 from db.tables import PredictionStatus
-from tests.helpers import create_version, new_username
-from tests.processes import wait_until
+from tests.support.helpers import create_version, new_username
+from tests.support.processes import wait_until
 from tests.workers.stubs import StandInRuntime, load
 from tests.workers.test_events import outputs, stream
 from workers import engine as engine_module
