@@ -113,12 +113,24 @@ class CacheSettings(RequestBody):
 
 
 class VersionCreate(RequestBody):
-    # For the document: `predictor` (a string) with model_type `custom`, and only then.
+    # For the document: `predictor` (a string) with model_type `custom`, and only then; and
+    # `batching` continuous only for text generation.
     model_config = ConfigDict(
         json_schema_extra={
-            "if": {"properties": {"model_type": {"const": CUSTOM}}},
-            "then": {"required": ["predictor"], "properties": {"predictor": {"type": "string"}}},
-            "else": {"properties": {"predictor": {"type": "null"}}},
+            "allOf": [
+                {
+                    "if": {"properties": {"model_type": {"const": CUSTOM}}},
+                    "then": {
+                        "required": ["predictor"],
+                        "properties": {"predictor": {"type": "string"}},
+                    },
+                    "else": {"properties": {"predictor": {"type": "null"}}},
+                },
+                {
+                    "if": {"properties": {"model_type": {"not": {"const": "text-generation"}}}},
+                    "then": {"properties": {"batching": {"const": "static"}}},
+                },
+            ]
         }
     )
 
