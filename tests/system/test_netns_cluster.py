@@ -19,15 +19,14 @@ from tests.system.test_faults import AUDIT
 
 pytestmark = pytest.mark.slow
 
-UNAVAILABLE = netns_available()
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 SEED_CACHE = Path.home() / ".cache" / "quern" / "models"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if UNAVAILABLE:
-        pytest.skip(f"no network namespaces here: {UNAVAILABLE}")
+    if reason := netns_available():  # probed here, not at collection
+        pytest.skip(f"no network namespaces here: {reason}")
     # The cluster's own settings, not the ones tests/conftest.py set for the in-process API.
     env = {
         k: v
