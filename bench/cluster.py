@@ -42,6 +42,7 @@ class Run:
     succeeded: int
     per_host: dict[int, int]  # predictions each host's log shows succeeding
     retried: int = 0  # predictions that needed a second attempt
+    killed_after: float | None = None  # seconds into the burst host 1 was killed
 
     @property
     def throughput(self) -> float:
@@ -77,18 +78,25 @@ def create(client: httpx.Client, prompts: list[str], tokens: int) -> list[str]:
     return ids
 
 
-def per_host(cluster: Cluster, ids: list[str]) -> dict[int, int]:
-    counts = {}
-    for index, host in cluster.hosts.items():
-        lines = [line for line in host.log.read_text().splitlines() if " succeeded in " in line]
-        counts[index] = sum(1 for id in ids if any(id in line for line in lines))
-    return counts
+def per_host(cluster: Cluster, ids: list[str], succeeded: int) -> dict[int, int]:
+    """Predictions each host's log shows succeeding. A task logs its success just after its
+    predictions are recorded: wait up to 5 s for the lines to add up."""
+    deadline = time.monotonic() + 5
+    while True:
+        counts = {}
+        for index, host in cluster.hosts.items():
+            text = host.log_text()
+            lines = [line for line in text.splitlines() if " succeeded in " in line]
+            counts[index] = sum(1 for id in ids if any(id in line for line in lines))
+        if sum(counts.values()) >= succeeded or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.2)
 
 
 def warm(cluster: Cluster, client: httpx.Client, round_: int) -> None:
     """Until every host has loaded the model: bursts of two short predictions a host."""
     for attempt in range(5):
-        if all("loaded text-generation" in h.log.read_text() for h in cluster.hosts.values()):
+        if all("loaded text-generation" in h.log_text() for h in cluster.hosts.values()):
             return
         prompts = [f"Warm up {round_}.{attempt}.{n}" for n in range(2 * len(cluster.hosts))]
         wait_terminal(cluster, create(client, prompts, 2), 300)
@@ -106,20 +114,24 @@ def measure(
     prompts = [f"Write one sentence about {TOPICS[n % 10]} ({round_}.{n})." for n in range(count)]
     started = time.perf_counter()
     ids = create(client, prompts, tokens)
+    killed_after = None
     if kill:
         time.sleep(2)  # the first batches are running on both hosts
         killed = cluster.kill_host(1)
-        log(f"killed host 1 ({killed} processes) {time.perf_counter() - started:.1f}s in")
+        killed_after = time.perf_counter() - started
+        log(f"killed host 1 ({killed} processes) {killed_after:.1f}s in")
     found = wait_terminal(cluster, ids, 600)
     seconds = time.perf_counter() - started
+    succeeded = sum(1 for status, _ in found.values() if status == "succeeded")
     run = Run(
         hosts,
         [host.cpus or [] for host in cluster.hosts.values()],
         count,
         seconds,
-        sum(1 for status, _ in found.values() if status == "succeeded"),
-        per_host(cluster, ids),
+        succeeded,
+        per_host(cluster, ids, succeeded),
         sum(1 for _, attempts in found.values() if attempts > 1),
+        killed_after,
     )
     log(
         f"{hosts} host(s){' (one killed)' if kill else ''}: {run.succeeded}/{count} "
@@ -149,9 +161,13 @@ def report(runs: list[Run], killed: Run, count: int, tokens: int, load: str) -> 
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in [*runs, killed]:
-        label = f"{run.hosts}, host 1 killed 2 s in" if run is killed else str(run.hosts)
+        label = (
+            f"{run.hosts}, host 1 killed {run.killed_after:.1f} s in"
+            if run is killed
+            else str(run.hosts)
+        )
         lines.append(
-            f"| {label} | {', '.join(''.join(map(str, c)) or 'all' for c in run.cpus)} | "
+            f"| {label} | {', '.join('+'.join(map(str, c)) or 'all' for c in run.cpus)} | "
             f"{run.succeeded}/{run.items} | {run.seconds:.1f} | "
             f"{run.throughput:.2f} predictions/s | {run.throughput / base:.2f}x | "
             f"{', '.join(f'h{i}: {n}' for i, n in run.per_host.items())} |"

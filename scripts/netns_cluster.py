@@ -123,6 +123,7 @@ class Host:
     state: Path
     process: subprocess.Popen[bytes]
     cpus: list[int] | None
+    log_start: int = 0  # the log's size when this worker started (a host added again appends)
 
     @property
     def node_name(self) -> str:
@@ -132,14 +133,18 @@ class Host:
     def log(self) -> Path:
         return self.state / "worker.log"
 
+    def log_text(self) -> str:
+        """What this worker has logged (not an earlier worker of the same host)."""
+        with self.log.open("rb") as file:
+            file.seek(self.log_start)
+            return file.read().decode(errors="replace")
+
     @property
     def metrics_url(self) -> str:
         return f"http://{self.address}:{WORKER_METRICS_PORT}/metrics"
 
     def ready(self) -> bool:
-        return self.log.exists() and f"{self.node_name} ready." in self.log.read_text(
-            errors="replace"
-        )
+        return self.log.exists() and f"{self.node_name} ready." in self.log_text()
 
 
 @dataclass
@@ -303,6 +308,7 @@ class Cluster:
         if cpus is not None:
             prefix += ["taskset", "-c", ",".join(map(str, cpus))]
             host_env["OMP_NUM_THREADS"] = str(len(cpus))
+        log_start = (state / "worker.log").stat().st_size if (state / "worker.log").exists() else 0
         # An explicit node name: every namespace shares this machine's hostname, so Celery's
         # default (celery@<hostname>) would give every host the same name.
         process = self._spawn(
@@ -310,7 +316,7 @@ class Cluster:
              "-n", f"worker@host-{index}", "--loglevel", "INFO"],
             host_env, state / "worker.log", prefix,
         )  # fmt: skip
-        host = Host(index, namespace, address, state, process, cpus)
+        host = Host(index, namespace, address, state, process, cpus, log_start)
         self.hosts[index] = host
         return host
 
@@ -324,8 +330,13 @@ class Cluster:
                 raise TimeoutError(f"workers not ready in {timeout} s")
             time.sleep(0.3)
 
-    def kill_host(self, index: int) -> int:
-        """kill -9 every process of host `index` (its network stays: a host that lost power)."""
+    def kill_host(self, index: int, *, cut_link: bool = False) -> int:
+        """kill -9 every process of host `index`. The kernel then closes their sockets, so
+        PostgreSQL and Redis hear of it at once; `cut_link` first takes the host's link down,
+        so that nothing it sends reaches them any more: a host that lost power, whose sessions
+        the servers only find dead later (or never)."""
+        if cut_link:
+            ip("link", "set", f"{self.prefix}-v{index}", "down")
         return kill_namespace(self.hosts[index].namespace)
 
     def remove_host(self, index: int) -> None:
