@@ -66,6 +66,16 @@ flower: $(STAMP) ## Run Flower on 127.0.0.1:5555 (FLOWER_BASIC_AUTH=user:passwor
 	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password"; exit 1; }
 	$(BIN)/celery -A workers.celery_app flower --address=127.0.0.1 --port=5555
 
+cluster: $(STAMP) ## HOSTS=N worker hosts, each in a network namespace of this machine (root)
+	$(BIN)/python -m scripts.netns_cluster up --hosts $${HOSTS:-2} \
+		$$(test -d ~/.cache/quern/models && echo --seed-cache ~/.cache/quern/models)
+
+cluster-down: ## Remove what a killed `make cluster` left (namespaces, bridge, servers)
+	$(BIN)/python -m scripts.netns_cluster down
+
+bench-cluster: $(STAMP) ## Text-generation throughput on 1, 2, 4 namespace hosts (root; minutes)
+	$(BIN)/python -m bench.cluster
+
 up: ## docker compose up: API, WORKERS=N CPU workers, Flower, Prometheus, Grafana
 	docker compose up --build --scale worker=$${WORKERS:-1}
 
@@ -75,4 +85,4 @@ up-gpu: ## docker compose up with one worker per GPU (docker-compose.gpu.yml)
 clean: ## Remove the venv, caches and the embedded servers' data (.quern)
 	rm -rf $(VENV) .quern .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install run test bench lint fmt migrate api worker webhooks flower up up-gpu clean
+.PHONY: help install run test bench bench-cluster cluster cluster-down lint fmt migrate api worker webhooks flower up up-gpu clean

