@@ -85,4 +85,4 @@ up-gpu: ## docker compose up with one worker per GPU (docker-compose.gpu.yml)
 clean: ## Remove the venv, caches and the embedded servers' data (.quern)
 	rm -rf $(VENV) .quern .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install run test bench bench-cluster cluster cluster-down lint fmt migrate api worker webhooks flower up up-gpu clean
+.PHONY: help install run test test-fast bench bench-cluster cluster cluster-down lint fmt migrate api worker webhooks flower up up-gpu clean
