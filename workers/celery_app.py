@@ -16,7 +16,7 @@ from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
 from db import log_format
 from db.signed_urls import get_url_signer
 from db.webhook_guard import get_guard_settings
-from workers import kombu_fixes
+from workers import container, kombu_fixes
 from workers.contract import RUN_PREDICTION_TASK, prediction_queue
 from workers.runtime import WorkerRuntime, get_runtime, install
 from workers.settings import get_worker_settings
@@ -112,6 +112,7 @@ def _unbind_task_ids(**_: Any) -> None:
 @worker_init.connect  # type: ignore[untyped-decorator]
 def _build_runtime(**_: Any) -> None:
     """The process's one runtime, built before any task runs (tasks find it with get_runtime())."""
+    container.share_cores()  # before any model imports torch
     install(WorkerRuntime(settings))
 
 

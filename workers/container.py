@@ -51,6 +51,15 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def share_cores() -> None:
+    """OpenMP threads that sleep while they wait for work instead of spinning, unless
+    OMP_WAIT_POLICY already chose. torch's CPU threads busy-wait between parallel regions by
+    default: on cores shared with the worker's own threads (Celery, the recorder), PostgreSQL,
+    Redis and the API, the spinning took the CPU they needed (bench/RESULTS.md). libgomp reads
+    the variable when it loads: call before torch is imported."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def fit_torch_threads() -> None:
     """torch's CPU threads to the container's CPUs, unless OMP_NUM_THREADS already chose.
     Called before a model loads in the process that runs it."""

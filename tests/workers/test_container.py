@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import pytest
+
 from workers import container
 
 MACHINE = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -38,3 +40,14 @@ def test_cpus_are_the_containers_quota_when_lower(tmp_path: Path) -> None:
     no_quota = cgroup(tmp_path / "v1u", unlimited_v1)
     assert container.cpus(no_quota) == machine
     assert container.cpus(tmp_path / "none") == machine
+
+
+def test_openmp_threads_sleep_rather_than_spin_unless_the_operator_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    container.share_cores()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    container.share_cores()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
