@@ -2,12 +2,13 @@
 
 The mechanism Ray Serve's `@serve.batch` uses, on threads: each Celery task thread submits
 its prediction and blocks on a future; one thread per batcher waits for the first item,
-then gathers more until `max_size` or `max_wait_s` after that first item, and hands the
-group to `handle`. Items that arrive while a group runs simply queue, so a busy model
-batches naturally. An idle one does not wait at all: when the last group was a single item and
-nothing arrived within `max_wait_s` before this one, nothing suggests that more is coming, so
-the item goes at once with whatever is already queued (one user at a time pays no window; the
-first item of a burst goes alone, and the rest gather as before).
+then gathers more until `max_size` or `max_wait_s` after that first item arrived, and hands
+the group to `handle`. Items that arrive while a group runs simply queue, so a busy model
+batches naturally, and they go as soon as it is free: their window has passed. An idle one
+does not wait at all: when the last group was a single item and nothing arrived within
+`max_wait_s` before this one, nothing suggests that more is coming, so the item goes at once
+with whatever is already queued (one user at a time pays no window; the first item of a
+burst goes alone, and the rest gather as before).
 """
 
 import logging
@@ -61,7 +62,9 @@ class Batcher(Generic[T]):
         idle = self._last is not None and (
             self._last[0] == 1 and batch[0].arrived - self._last[1] > self.max_wait_s
         )
-        deadline = time.monotonic() + (0.0 if idle else self.max_wait_s)
+        # The window counts from the first item's arrival: one that queued behind a running
+        # group has waited its share already and goes with whatever is queued.
+        deadline = batch[0].arrived + (0.0 if idle else self.max_wait_s)
         while len(batch) < self.max_size:
             try:
                 # Whatever is already queued joins at once; then wait out the rest of the window.

@@ -13,6 +13,7 @@ from db.storable import MAX_DEPTH
 from models.base import PredictionError
 from tests.support.helpers import create_prediction_row, create_version
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
+from workers.batcher import Batcher, Pending
 from workers.tasks.predictions import run_prediction
 
 
@@ -198,6 +199,29 @@ def test_an_idle_model_runs_a_lone_prediction_without_waiting_out_the_window(
     run_together(runtime, version, ids)
     run_together(runtime, version, [create_prediction_row(version) for _ in range(3)])
     assert [len(batch) for batch in predictor.batches[2:]] == [2, 3]
+
+
+def test_items_that_queued_behind_a_running_batch_do_not_wait_out_the_window_again() -> None:
+    """The window counts from the first item's arrival: a busy model goes from one group to
+    the next without idling."""
+    groups: list[tuple[list[str], float]] = []
+
+    def handle(batch: list[Pending[str]]) -> None:
+        groups.append(([pending.item for pending in batch], time.monotonic()))
+        time.sleep(1.5 if len(groups) == 1 else 0)
+        for pending in batch:
+            pending.future.set_result(None)
+
+    batcher = Batcher("window", handle, max_size=8, max_wait_s=1.0)
+    first = [batcher.submit(item) for item in "ab"]
+    time.sleep(1.3)  # the first group is running
+    late = batcher.submit("c")
+    for future in [*first, late]:
+        future.result(timeout=10)
+    (a, first_started), (c, second_started) = groups
+    assert (a, c) == (["a", "b"], ["c"])
+    # "c" waited 1.2 s behind the first group: it goes as that one ends, not a window later.
+    assert second_started - first_started < 1.5 + 0.7
 
 
 def test_identical_inputs_in_one_batch_of_a_caching_version_are_computed_once(
