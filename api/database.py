@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
+from db import json_codec
 from db.engine import process_label
 from db.settings import get_database_settings
 
@@ -24,6 +26,7 @@ async def open_pool() -> AsyncConnectionPool:
         max_size=settings.pool_size,
         open=False,
         timeout=5,  # waiting for a free connection longer than this is an outage: 503
+        configure=_configure,
         kwargs={
             "autocommit": True,
             "application_name": process_label(),
@@ -33,6 +36,10 @@ async def open_pool() -> AsyncConnectionPool:
     )
     await pool.open(wait=False)
     return pool
+
+
+async def _configure(conn: AsyncConnection[Any]) -> None:
+    set_json_loads(json_codec.loads, conn)  # as the SQLAlchemy engine's (db/engine.py)
 
 
 @asynccontextmanager

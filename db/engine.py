@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine
 
+from db import json_codec
 from db.settings import get_database_settings
 
 
@@ -23,6 +24,7 @@ def get_engine() -> Engine:
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_pre_ping=True,
+        json_deserializer=json_codec.loads,
         connect_args={
             "application_name": process_label(),
             "connect_timeout": 5,
