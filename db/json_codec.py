@@ -22,8 +22,10 @@ _CLASSES = bytes(
 _LONG_INTEGER = b"0" + b"1" * 19
 
 
-def loads(data: bytes) -> Any:
+def loads(data: str | bytes) -> Any:
     """psycopg's jsonb loader (it hands over bytes)."""
+    if isinstance(data, str):
+        data = data.encode()
     if _LONG_INTEGER not in b"0" + data.translate(_CLASSES):
         try:
             return orjson.loads(data)
