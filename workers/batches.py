@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from db import log_format
+from common import log_format
 from db.file_inputs import file_fields, fixed_content
 from db.repositories import predictions
 from db.repositories.predictions import Claim

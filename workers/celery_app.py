@@ -13,11 +13,11 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_ready
 
-from db import log_format
+from common import log_format
+from common.contract import RUN_PREDICTION_TASK, prediction_queue
+from common.webhook_guard import get_guard_settings
 from db.signed_urls import get_url_signer
-from db.webhook_guard import get_guard_settings
 from workers import kombu_fixes
-from workers.contract import RUN_PREDICTION_TASK, prediction_queue
 from workers.runtime import WorkerRuntime, get_runtime, install
 from workers.settings import get_worker_settings
 

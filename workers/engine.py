@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from db import log_format
+from common import log_format
 from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from celery.signals import task_postrun, task_prerun
 
-from db import log_format
+from common import log_format
 from tests.support.helpers import create_prediction_row, create_version
 from tests.support.log_lines import Lines, capture_lines
 from tests.workers.stubs import Recording, StandInRuntime, run_together

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db import log_format
+from common import log_format
 from db.repositories import webhook_deliveries
 from db.repositories.predictions import Claim
 from db.session import session_scope
