@@ -25,8 +25,8 @@ from db.tables import Batching, Hardware, ModelVersion
 from models import registry, weights
 from models.base import PredictionError
 from workers import container, metrics, sweeper
-from workers.batcher import Batcher
-from workers.batches import run_batch
+from workers.batch_run import run_batch
+from workers.dynamic_batcher import Batcher
 from workers.events import EventPublisher
 from workers.leases import Leases
 from workers.model_cache import CachedModel, ModelCache, default_budget_bytes, tensor_bytes
