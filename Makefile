@@ -50,7 +50,7 @@ bench: $(STAMP) $(WRK) ## Measure Quern vs the bare model, batched vs unbatched 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api workers db models scripts bench
+	$(BIN)/mypy api workers common db models scripts bench
 
 fmt: $(STAMP) ## Format and auto-fix
 	$(BIN)/ruff format .

@@ -28,9 +28,9 @@ from api.routes import (
 )
 from api.settings import get_api_settings
 from api.status_listener import status_listener
-from db.log_format import configure_logging
+from common.log_format import configure_logging
+from common.webhook_guard import get_guard_settings
 from db.signed_urls import get_url_signer
-from db.webhook_guard import get_guard_settings
 
 
 @asynccontextmanager

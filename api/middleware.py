@@ -6,7 +6,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_for
-from db import log_format
+from common import log_format
 
 # Every answer is one caller's data (tokens, secrets, outputs): never kept by a cache (unless
 # the route says otherwise, as file downloads do), sniffed into another type, framed, or

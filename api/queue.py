@@ -1,4 +1,5 @@
-"""Sending work to the workers: task names and ids only, over Redis, never importing workers/.
+"""Sending work to the workers: task names and ids only, over Redis, never importing workers/
+(the task name, queues and ids per message are in common/contract.py).
 
 One publisher thread per API process: a create hands it the new row's ids and returns; what
 piles up while it sends goes out as one message per (version, queue), up to
@@ -16,23 +17,16 @@ from typing import NamedTuple
 from celery import Celery
 
 from api.settings import get_api_settings
-from db import log_format
+from common import log_format
+from common.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
 from db.repositories import predictions
 from db.session import session_scope
 
 log = logging.getLogger(__name__)
 
-# The contract with workers/celery_app.py (a test checks both sides agree): the task takes
-# [prediction_ids, version_id], at most MAX_IDS_PER_MESSAGE ids of one version.
-RUN_PREDICTION_TASK = "quern.predictions.run"
-MAX_IDS_PER_MESSAGE = 64
 # Under load (the last message carried several ids), wait this long after the first id for
 # others to share its message; a create at low load is sent at once.
 LINGER_S = 0.005
-
-
-def prediction_queue(hardware: str) -> str:
-    return f"predictions.{hardware}"
 
 
 @lru_cache

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workers import events
+from common.contract import events_key
 
 if TYPE_CHECKING:
     from bench.run import Client
@@ -72,7 +72,7 @@ async def run(
         latency, prediction = await client.run_one(version, input)
         ended.append(time.time())
         short = input["max_new_tokens"] in SHORT
-        first = await asyncio.to_thread(stream.xrange, events.key(prediction["id"]), count=1)
+        first = await asyncio.to_thread(stream.xrange, events_key(prediction["id"]), count=1)
         first_ms = int(_text(first[0][0]).split("-")[0]) if first else None
         result.tokens += prediction["metrics"]["output_token_count"]
         result.latency[short].append(latency)

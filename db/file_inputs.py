@@ -5,7 +5,7 @@ Cog marks files), or it is an array of such strings. Its value is one of:
 - a Quern file URL, `.../v1/files/<id>`: an upload's `urls.get`, or a file a prediction
   produced (its owner's);
 - a `data:` URL (RFC 2397), for small files;
-- an `http(s)` URL, which the worker fetches through the SSRF guard (db/webhook_guard.py).
+- an `http(s)` URL, which the worker fetches through the SSRF guard (common/webhook_guard.py).
 In `db` because the API and the workers both import it.
 """
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.log_format import configure_logging
+from common.log_format import configure_logging
 from db.repositories import models, users
 from db.session import session_scope
 from db.tables import Role

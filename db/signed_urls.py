@@ -13,7 +13,7 @@ label. What it grants:
   row says it belongs to that prediction (the row it reads anyway: no extra query).
 
 URLs are signed when a prediction is serialized, never stored: in the API's answers and the
-webhook bodies (db/prediction_object.py) and in the stream's `output` events
+webhook bodies (common/prediction_object.py) and in the stream's `output` events
 (api/services/streams.py). Outputs in PostgreSQL keep the plain `.../v1/files/{id}` URLs (a
 stored URL could not carry an expiry that means anything), which still open with a token, and
 so do the plain stream URLs. The expiry is rounded up to a whole step (an hour, or the TTL when

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from models.base import Metered, PredictionError, emit_outputs, stop_requested
-from models.weights import build_once, cache_dir
+from models.weight_cache import build_once, cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from models.weights import build_once
+from models.weight_cache import build_once
 
 # Changes whenever this file does, so a cached build made by other code is never reused.
 VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]

@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from models import tiny_diffusion
-from models.weights import build_once
+from models.weight_cache import build_once
 
 # Changes whenever this file does, so a cached build made by other code is never reused.
 VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]

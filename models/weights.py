@@ -4,16 +4,15 @@
 models ship), `file:///<path>` at a local file or folder, `generated://tiny-stable-diffusion`,
 `generated://tiny-vit-classifier` and `generated://tiny-vit-captioner` at small random models
 built on first use (models/tiny_diffusion.py, models/tiny_vision.py). Nothing is ever
-downloaded.
+downloaded. Built and converted weights are kept in models/weight_cache.py's folder, which the
+builders use without importing this module (so neither imports the other).
 """
 
 import importlib.util
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
+
+from models.weight_cache import cache_dir
 
 
 class WeightsNotFound(Exception):
@@ -47,28 +46,3 @@ def resolve(ref: str) -> Path:
     if not path.exists():
         raise WeightsNotFound(f"{ref} resolves to {path}, which does not exist")
     return path
-
-
-def cache_dir() -> Path:
-    """Where converted weights are kept between processes (QUERN_MODEL_CACHE_DIR)."""
-    default = Path.home() / ".cache" / "quern" / "models"
-    return Path(os.environ.get("QUERN_MODEL_CACHE_DIR", default))
-
-
-def build_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
-    """`target`, made by `build(folder)` unless it holds `marker` already (converted or
-    generated weights). Built beside it and renamed into place, so a concurrent or killed
-    builder never leaves half a folder: the first rename wins, the others' copies are dropped."""
-    if (target / marker).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
-    try:
-        build(staging)
-        staging.rename(target)
-    except OSError:
-        if not (target / marker).exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target

@@ -4,6 +4,10 @@ Redis carries ids only (of predictions and webhook deliveries); PostgreSQL is th
 truth and results are never stored in Celery. Start with `celery -A workers.celery_app worker
 -Q predictions.cpu` (or `predictions.gpu` on a GPU machine; `-Q webhooks` for a worker that
 delivers webhooks and runs no model).
+
+This module only configures: it starts no thread. What a worker process starts (its runtime,
+metrics server, sweeper or webhook dispatcher) is in workers/lifecycle.py, which the app
+imports with its tasks when a worker starts.
 """
 
 import logging
@@ -11,14 +15,13 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_ready
+from celery.signals import setup_logging, task_postrun, task_prerun
 
-from db import log_format
+from common import log_format
+from common.contract import RUN_PREDICTION_TASK, prediction_queue
+from common.webhook_guard import get_guard_settings
 from db.signed_urls import get_url_signer
-from db.webhook_guard import get_guard_settings
-from workers import container, kombu_fixes
-from workers.contract import RUN_PREDICTION_TASK, prediction_queue
-from workers.runtime import WorkerRuntime, get_runtime, install
+from workers import kombu_fixes
 from workers.settings import get_worker_settings
 
 settings = get_worker_settings()
@@ -31,7 +34,9 @@ assert settings.task_time_limit_s < settings.broker_visibility_timeout_s
 app = Celery(
     "quern",
     broker=settings.redis_url,
-    include=["workers.tasks.predictions", "workers.tasks.webhooks"],
+    # Imported when a worker starts, before its worker_init: the tasks, and what builds the
+    # process's runtime and starts its threads (configuring the app here starts nothing).
+    include=["workers.lifecycle", "workers.tasks.predictions", "workers.tasks.webhooks"],
 )
 app.conf.update(
     # Ack after the task ran, so a worker that dies mid-prediction leaves the message to be
@@ -40,7 +45,7 @@ app.conf.update(
     # With late acks a killed pool child's message would still be acked; requeue it instead.
     task_reject_on_worker_lost=True,
     # Threads, not processes: every task thread of a process hands its prediction to the same
-    # in-process batcher (workers/batcher.py), and models load once per process. Torch
+    # in-process batcher (workers/dynamic_batcher.py), and models load once per process. Torch
     # releases the GIL while it computes; cancellation and timeouts are cooperative here.
     worker_pool="threads",
     # Up to this many messages of this process are in flight (running or waiting for a batch),
@@ -107,24 +112,3 @@ def _bind_task_ids(task_id: str, task: Any, args: Any = (), **_: Any) -> None:
 def _unbind_task_ids(**_: Any) -> None:
     log_format.unbind(getattr(_task_context, "tokens", []))
     _task_context.tokens = []
-
-
-@worker_init.connect  # type: ignore[untyped-decorator]
-def _build_runtime(**_: Any) -> None:
-    """The process's one runtime, built before any task runs (tasks find it with get_runtime())."""
-    container.share_cores()  # before any model imports torch
-    install(WorkerRuntime(settings))
-
-
-@worker_init.connect  # type: ignore[untyped-decorator]
-def _serve_metrics(**_: Any) -> None:
-    if settings.metrics_port:
-        from workers import metrics
-
-        metrics.serve(settings.metrics_host, settings.metrics_port)
-
-
-@worker_ready.connect  # type: ignore[untyped-decorator]
-def _start_background_threads(sender: Any, **_: Any) -> None:
-    """Which threads depends on the queues this worker consumes (WorkerRuntime.start)."""
-    get_runtime().start(sender.app, set(sender.app.amqp.queues.consume_from))

@@ -9,7 +9,7 @@ chunks go out as events (SSE and progress webhooks as with static batching); row
 canceled, lost, past their deadline or run timeout stop there; and every row that finished is
 handed to the recorder at once, so a prediction is recorded when it ends, not when the slowest
 of its batch does. Claims, leases, heartbeats, fencing and retries are the static path's own
-(workers/batches.py, workers/recording.py). Out of memory makes the engine admit fewer rows
+(workers/batch_run.py, workers/recording.py). Out of memory makes the engine admit fewer rows
 for a while (the newest running ones retry later as a transient failure); an input that
 crashes the model fails alone.
 """
@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from db import log_format
+from common import log_format
 from db.repositories import predictions
 from db.repositories.predictions import Claim
 from db.session import session_scope
@@ -32,8 +32,8 @@ from db.tables import ModelVersion
 from models.base import Predictor, is_out_of_memory
 from models.continuous import Row, StepBatch, new_row
 from workers import metrics
-from workers.batcher import Pending
-from workers.batches import READABLE, describe, hand_over
+from workers.batch_run import READABLE, describe, hand_over
+from workers.dynamic_batcher import Pending
 from workers.recording import Outcome
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ class Engine:
     # --- side effects -----------------------------------------------------------------------
 
     def _publish(self, chunks: dict[Running, str]) -> None:
-        """One round trip for every row's new chunk (as workers/batches.py publishes)."""
+        """One round trip for every row's new chunk (as workers/batch_run.py publishes)."""
         chunks = {run: chunk for run, chunk in chunks.items() if chunk}
         if not chunks:
             return

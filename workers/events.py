@@ -1,10 +1,11 @@
 """A running prediction's events (output chunks, logs), published to its own Redis Stream.
 
-The API serves `quern:events:<prediction_id>` as Server-Sent Events and, once PostgreSQL says
-the prediction is terminal, drains the stream and ends it; so every entry of an attempt must
-be added before its terminal status commits. An entry has three fields: `event` ("output" or
-"logs"), `data` (the value as JSON) and `attempt` (the attempt that made it: the API shows only
-the entries of one attempt, so a retry, or a worker that lost its claim, never mixes in).
+The API serves a prediction's stream (`events_key` in common/contract.py) as Server-Sent
+Events and, once PostgreSQL says the prediction is terminal, drains the stream and ends it; so
+every entry of an attempt must be added before its terminal status commits. An entry has three
+fields: `event` ("output" or "logs"), `data` (the value as JSON) and `attempt` (the attempt that
+made it: the API shows only the entries of one attempt, so a retry, or a worker that lost its
+claim, never mixes in).
 Streams expire a day after their last entry.
 
 Best effort: PostgreSQL holds the truth, and a prediction never fails for want of Redis. While
@@ -22,9 +23,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from common.contract import events_key
+
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "quern:events:"
 TTL_S = 86400
 MAX_LEN = 100_000  # approximate: trimming whole nodes is cheap
 TIMEOUT_S = 0.5
@@ -33,10 +35,6 @@ WARN_EVERY_S = 60.0
 
 # (prediction id, attempt, "output" or "logs", the value as JSON)
 Event = tuple[str, int, str, str]
-
-
-def key(prediction_id: str) -> str:
-    return f"{KEY_PREFIX}{prediction_id}"
 
 
 class EventPublisher:
@@ -64,9 +62,9 @@ class EventPublisher:
         pipe = self._client.pipeline(transaction=False)
         for prediction_id, attempt, event, data in events:
             fields = {"event": event, "data": data, "attempt": attempt}
-            pipe.xadd(key(prediction_id), fields, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(events_key(prediction_id), fields, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
         for prediction_id in {prediction_id for prediction_id, *_ in events}:
-            pipe.expire(key(prediction_id), TTL_S)
+            pipe.expire(events_key(prediction_id), TTL_S)
         try:
             pipe.execute()
             return True

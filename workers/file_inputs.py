@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from db import webhook_guard
+from common import webhook_guard
 from db.file_inputs import is_data_url, parse_data_url, quern_file_id
 from db.repositories import file_bytes, files
 from db.repositories.predictions import Claim

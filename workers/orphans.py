@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from workers.contract import RUN_PREDICTION_TASK
+from common.contract import RUN_PREDICTION_TASK
 
 log = logging.getLogger(__name__)
 

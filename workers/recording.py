@@ -11,7 +11,6 @@ them once it is back), so a short outage costs a wait, not a second run.
 
 import json
 import logging
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from common import backoff
 from db.repositories import predictions
 from db.repositories.predictions import Claim, Fate
 from db.session import session_scope
@@ -45,11 +45,6 @@ class Outcome:
     streamed: bool = False  # the model emitted its output in chunks as it ran
     # What the model measured of this input (models.base.Metered): token counts.
     measured: dict[str, int | float] = field(default_factory=dict)
-
-
-def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))] (AWS's backoff advice)."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))  # noqa: S311
 
 
 RETRY_FIRST_S = 0.5
@@ -147,7 +142,9 @@ def _fate(
         return fate(PredictionStatus.CANCELED, output=output, error=stop), None
     if outcome.transient:
         if claim.attempts < settings.max_attempts:
-            delay = retry_delay(claim.attempts, settings.retry_base_s, settings.retry_cap_s)
+            # Full jitter (common/backoff.py), as requeue_lost's SQL for an attempt lost with
+            # its worker.
+            delay = backoff.retry_delay(claim.attempts, settings.retry_base_s, settings.retry_cap_s)
             logs.append(f"Attempt {claim.attempts} failed ({error}); retrying in {delay:.2f}s")
             return fate(PredictionStatus.STARTING, retry_in_s=delay), None
         error = f"Gave up after {claim.attempts} attempts: {error}"

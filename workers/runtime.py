@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
-from db import log_format
+from common import log_format
+from common.contract import WEBHOOKS_QUEUE
 from db.repositories import models
 from db.session import session_scope
 from db.tables import Batching, Hardware, ModelVersion
 from models import registry, weights
 from models.base import PredictionError
 from workers import container, metrics, sweeper
-from workers.batcher import Batcher
-from workers.batches import run_batch
-from workers.contract import WEBHOOKS_QUEUE
+from workers.batch_run import run_batch
+from workers.dynamic_batcher import Batcher
 from workers.events import EventPublisher
 from workers.leases import Leases
 from workers.model_cache import CachedModel, ModelCache, default_budget_bytes, tensor_bytes

@@ -20,10 +20,10 @@ import redis
 from celery import Celery
 from sqlalchemy import func, select
 
+from common.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
 from db.repositories import files, idempotency_keys, predictions
 from db.session import session_scope
 from workers import broker_memory, orphans
-from workers.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any
 
 from api.errors import Unprocessable
 from api.settings import ApiSettings
-from db import webhook_guard
+from common import webhook_guard
 from db.file_inputs import is_data_url, is_web_url, parse_data_url, quern_file_id, references
 from db.repositories import files
 from db.session import session_scope

@@ -34,9 +34,9 @@ from api.services import file_inputs, result_cache, versions
 from api.services.inputs import validate_input
 from api.services.versions import Version
 from api.settings import ApiSettings
-from db import log_format, webhook_guard
+from common import log_format, webhook_guard
+from common.prediction_object import prediction_object
 from db.ids import is_id, new_id
-from db.prediction_object import prediction_object
 from db.repositories import idempotency_keys, predictions, predictions_async
 from db.repositories.predictions import UNFINISHED, Backlog, Cursor, PredictionWithModel
 from db.repositories.predictions_async import Hit

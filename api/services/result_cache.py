@@ -6,7 +6,7 @@ succeeded, for its version's `ttl_s`. The create statement looks one up and, on 
 the new prediction already `succeeded` with that output (db/repositories/predictions_async.py):
 one round trip either way, no second store to keep in step, and nothing canceled or failed is
 ever served. Outputs that hold files are never served (a file is its owner's). Identical inputs
-that meet in one batch are computed once (workers/batches.py).
+that meet in one batch are computed once (workers/batch_run.py).
 """
 
 from dataclasses import dataclass

@@ -41,7 +41,8 @@ from api.services import predictions
 from api.services.waiting import RECHECK_S, Load, is_finished
 from api.settings import get_api_settings
 from api.status_listener import status_listener
-from db import log_format
+from common import log_format
+from common.contract import events_key
 from db.repositories import predictions as prediction_rows
 from db.session import session_scope
 from db.signed_urls import get_url_signer
@@ -53,10 +54,6 @@ READ_BLOCK_MS = 15_000  # a cancelled read costs a reconnect, so block long
 # (a model loading before its first token) reads as a lost Redis and the stream goes silent.
 SOCKET_TIMEOUT_S = READ_BLOCK_MS / 1000 + 5
 READ_COUNT = 500
-
-
-def events_key(prediction_id: str) -> str:
-    return f"quern:events:{prediction_id}"
 
 
 _clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}

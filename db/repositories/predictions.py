@@ -381,7 +381,8 @@ def requeue_lost(
     session: Session, *, max_attempts: int, base_s: float, cap_s: float
 ) -> builtins.list[str]:
     """`processing` rows whose lease ran out (their worker died): back to `starting` after a
-    full-jitter backoff, or `failed` once they used up their attempts. Returns the ids."""
+    full-jitter backoff (the formula of common/backoff.py, computed here in SQL), or `failed` once
+    they used up their attempts. Returns the ids."""
     lost = (
         Prediction.status == PredictionStatus.PROCESSING,
         Prediction.lease_expires_at < func.now(),
@@ -397,6 +398,7 @@ def requeue_lost(
         )
         .returning(Prediction.id)
     ).scalars()
+    # common/backoff.py's retry_delay (full jitter), in SQL: each row has its own attempts.
     ceiling = func.least(cap_s, base_s * func.power(2, Prediction.attempts - 1))
     requeued = session.execute(
         update(Prediction)

@@ -1,8 +1,10 @@
 """Webhook deliveries: the outbox rows, their attempts, and what the dispatcher asks of them.
 
-`start` and `completed` rows come from a trigger on predictions (migration 0006); `output` and
-`logs` rows from the worker running the prediction. Like predictions, a delivery changes state
-only by conditional UPDATEs, so a duplicate message or a late worker is a no-op.
+`start` and `completed` rows come from a trigger on predictions (migration 0006's PL/pgSQL
+function `quern_webhook_status_events()`); `output` and `logs` rows from the worker running the
+prediction. Which event fires when: WebhookEvent (db/tables/webhook_delivery.py). Like
+predictions, a delivery changes state only by conditional UPDATEs, so a duplicate message or a
+late worker is a no-op.
 
 A prediction's deliveries go one at a time, in the order they were written: migration 0008's
 triggers write a delivery `waiting` while another of its prediction is unfinished, and make the
@@ -47,7 +49,6 @@ from db.tables import (
     WebhookEvent,
 )
 
-PROGRESS_EVENTS = (WebhookEvent.OUTPUT, WebhookEvent.LOGS)
 LOST = "The worker was lost during this attempt"
 # Written by migration 0008's triggers on a skipped delivery.
 SUPERSEDED = "Skipped: a later event of the prediction says all it would have"

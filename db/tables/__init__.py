@@ -9,6 +9,7 @@ from db.tables.prediction import Prediction, PredictionSource, PredictionStatus
 from db.tables.user import Role, User
 from db.tables.webhook_delivery import (
     ALL_EVENTS,
+    PROGRESS_EVENTS,
     DeliveryStatus,
     WebhookAttempt,
     WebhookDelivery,
@@ -18,6 +19,7 @@ from db.tables.webhook_secret import WebhookSecret
 
 __all__ = [
     "ALL_EVENTS",
+    "PROGRESS_EVENTS",
     "ApiToken",
     "Batching",
     "DeliveryStatus",

@@ -18,6 +18,21 @@ from db.ids import new_id
 
 
 class WebhookEvent(StrEnum):
+    """When each event fires (only if the prediction's `webhook_events_filter` names it):
+
+    - `start` and `completed` are written by PostgreSQL, not by Python: the PL/pgSQL function
+      `quern_webhook_status_events()` of migration 0006 (migrations/versions/0006_webhooks.py),
+      run by the trigger `predictions_webhook_events` on every status change. `start` when
+      `starting` becomes `processing` on the first attempt; `completed` when `starting` or
+      `processing` becomes `succeeded`, `failed`, `canceled` or `aborted`, whoever wrote it.
+    - `output` and `logs` (PROGRESS_EVENTS) are written by the worker running the prediction,
+      at most one of each per prediction every EVERY_S (workers/webhooks/progress.py), through
+      db/repositories/webhook_deliveries.py.
+    - Which written delivery is then sent or skipped is migration 0008's triggers
+      (migrations/versions/0008_webhook_delivery_order.py): a later `output` or `logs`, or
+      `completed`, supersedes an unsent `output` or `logs`.
+    """
+
     START = "start"
     OUTPUT = "output"
     LOGS = "logs"
@@ -26,6 +41,8 @@ class WebhookEvent(StrEnum):
 
 # Every event, in the order they happen: the filter when a create names none.
 ALL_EVENTS = tuple(WebhookEvent)
+# Written by the worker as the prediction runs; the others by the status trigger (above).
+PROGRESS_EVENTS = (WebhookEvent.OUTPUT, WebhookEvent.LOGS)
 
 
 class DeliveryStatus(StrEnum):

@@ -134,6 +134,8 @@ def upgrade() -> None:
     )
     # `start` on the first claim only (a retried attempt has started before); `completed` on
     # every move into a final status. Only the events the prediction's filter asks for.
+    # (The Python side names this function where it says which event fires when: WebhookEvent
+    # in db/tables/webhook_delivery.py.)
     op.execute(
         """
         CREATE FUNCTION quern_webhook_status_events() RETURNS trigger

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from api.errors import install_error_handlers
 from api.middleware import RequestId
-from db import log_format
-from db.log_format import JsonFormatter, TextFormatter, configure_logging, log_context
+from common import log_format
+from common.log_format import JsonFormatter, TextFormatter, configure_logging, log_context
 from tests.support.log_lines import Lines, capture_lines
 from tests.support.processes import wait_until
 

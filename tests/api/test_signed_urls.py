@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from common.prediction_object import prediction_object
 from db.ids import new_id
-from db.prediction_object import prediction_object
 from db.repositories import files, models, predictions
 from db.seed import SYSTEM_USER
 from db.session import session_scope

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from db.webhook_guard import RefusedUrl, check, refusal
+from common.webhook_guard import RefusedUrl, check, refusal
 
 
 def resolver(table: dict[str, list[str]]) -> Any:

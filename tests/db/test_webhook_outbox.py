@@ -10,7 +10,7 @@ import psycopg
 import redis
 from sqlalchemy import func, select, update
 
-from db.prediction_object import from_snapshot, prediction_object, to_json
+from common.prediction_object import from_snapshot, prediction_object, to_json
 from db.repositories import predictions, users, webhook_deliveries
 from db.repositories.predictions import UNFINISHED
 from db.repositories.webhook_deliveries import DeliveryClaim

@@ -329,7 +329,8 @@ def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", ".quern", ".env", "tests", "ops"} <= patterns
-    for needed in ("api", "db", "migrations", "models", "workers", "alembic.ini", "pyproject.toml"):
+    needed_paths = ("api", "common", "db", "migrations", "models", "workers")
+    for needed in (*needed_paths, "alembic.ini", "pyproject.toml"):
         assert needed not in patterns
 
 

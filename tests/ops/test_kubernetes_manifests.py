@@ -37,8 +37,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from common.contract import WEBHOOKS_QUEUE, prediction_queue
 from db.tables import Hardware
-from workers.contract import WEBHOOKS_QUEUE, prediction_queue
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"

@@ -1,11 +1,11 @@
-"""Capturing log lines as production writes them (db/log_format.py), parsed back."""
+"""Capturing log lines as production writes them (common/log_format.py), parsed back."""
 
 import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
-from db.log_format import JsonFormatter
+from common.log_format import JsonFormatter
 
 
 class Lines(logging.Handler):

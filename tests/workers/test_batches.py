@@ -13,7 +13,7 @@ from db.storable import MAX_DEPTH
 from models.base import PredictionError
 from tests.support.helpers import create_prediction_row, create_version
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
-from workers.batcher import Batcher, Pending
+from workers.dynamic_batcher import Batcher, Pending
 from workers.tasks.predictions import run_prediction
 
 

@@ -14,6 +14,7 @@ import pytest
 import redis
 import torch
 
+from common.contract import events_key
 from db.repositories import predictions
 from db.session import session_scope
 from db.tables import PredictionStatus
@@ -35,7 +36,7 @@ def stream(prediction_id: str) -> Entries:
     """(event, decoded data) of every entry, in order; each entry has exactly the three fields,
     its attempt the first (the only one in these tests)."""
     entries = []
-    for _, fields in redis.Redis.from_url(API_REDIS_URL).xrange(events.key(prediction_id)):
+    for _, fields in redis.Redis.from_url(API_REDIS_URL).xrange(events_key(prediction_id)):
         assert set(fields) == {b"event", b"data", b"attempt"} and fields[b"attempt"] == b"1"
         entries.append((fields[b"event"].decode(), json.loads(fields[b"data"])))
     return entries
@@ -105,7 +106,7 @@ def test_streamed_chunks_then_logs_are_in_each_stream_before_it_is_terminal(
         assert "".join(outputs(prediction.id)) == prediction.output  # no whole output again
         assert entries[-1][1] + "\n" == prediction.logs  # the logs this attempt appended
         assert at_commit[prediction.id] == entries
-        ttl = redis.Redis.from_url(API_REDIS_URL).ttl(events.key(prediction.id))
+        ttl = redis.Redis.from_url(API_REDIS_URL).ttl(events_key(prediction.id))
         assert 86000 < ttl <= 86400
 
 

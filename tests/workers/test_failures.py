@@ -15,6 +15,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from common import backoff
 from db.repositories import predictions
 from db.repositories.predictions import UNFINISHED
 from db.session import session_scope
@@ -23,7 +24,7 @@ from models.base import stop_requested
 from tests.support.helpers import create_prediction_row, create_version
 from tests.support.processes import wait_until
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
-from workers import recording, sweeper
+from workers import sweeper
 from workers.celery_app import app
 from workers.settings import WorkerSettings, get_worker_settings
 
@@ -107,7 +108,7 @@ def test_a_transient_failure_retries_with_backoff_until_it_succeeds(
 def test_a_delivery_during_the_retry_delay_does_not_start_the_prediction(
     monkeypatch: pytest.MonkeyPatch, runtime: StandInRuntime
 ) -> None:
-    monkeypatch.setattr(recording, "retry_delay", lambda attempt, base, cap: 30.0)
+    monkeypatch.setattr(backoff, "retry_delay", lambda attempt, base, cap, **_: 30.0)
     predictor = runtime.use(OutOfMemoryTwice)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)
     prediction_id = create_prediction_row(version)
@@ -119,7 +120,7 @@ def test_a_delivery_during_the_retry_delay_does_not_start_the_prediction(
 def test_retry_delays_use_full_jitter_under_a_growing_capped_ceiling() -> None:
     random.seed(7)
     for attempt, ceiling in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (10, 30.0)):
-        delays = [recording.retry_delay(attempt, 1.0, 30.0) for _ in range(2000)]
+        delays = [backoff.retry_delay(attempt, 1.0, 30.0) for _ in range(2000)]
         assert 0 <= min(delays) < ceiling * 0.05 and ceiling * 0.95 < max(delays) <= ceiling
 
 

@@ -17,9 +17,9 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from common.webhook_guard import get_guard_settings
 from db.repositories import file_bytes, files, predictions, users
 from db.session import session_scope
-from db.webhook_guard import get_guard_settings
 from tests.support.helpers import create_version, new_username
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
 from workers import sweeper

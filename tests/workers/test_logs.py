@@ -6,11 +6,11 @@ from typing import Any
 import pytest
 from celery.signals import task_postrun, task_prerun
 
-from db import log_format
+from common import log_format
 from tests.support.helpers import create_prediction_row, create_version
 from tests.support.log_lines import Lines, capture_lines
 from tests.workers.stubs import Recording, StandInRuntime, run_together
-from workers import batches
+from workers import batch_run
 from workers.tasks.predictions import run_prediction
 
 
@@ -30,13 +30,13 @@ def test_batch_lines_carry_the_batchs_prediction_ids_and_the_culprits_id(
     monkeypatch: pytest.MonkeyPatch, runtime: StandInRuntime, lines: Lines
 ) -> None:
     runtime.use(CrashesOnOne)
-    recorded = batches.record
+    recorded = batch_run.record
 
     def record(*args: Any) -> None:  # on the recorder thread
-        batches.log.info("recording (test)")
+        batch_run.log.info("recording (test)")
         recorded(*args)
 
-    monkeypatch.setattr(batches, "record", record)
+    monkeypatch.setattr(batch_run, "record", record)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     ok, crash = [create_prediction_row(version, text=text) for text in ("ok", "crash")]
     done = run_together(runtime, version, [ok, crash])

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from db.prediction_object import prediction_object
+from common.prediction_object import prediction_object
 from models.base import Metered
 from tests.support.helpers import create_prediction_row, create_version
 from tests.workers.stubs import Recording, StandInRuntime, run_together

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from common.contract import RUN_PREDICTION_TASK
 from db.ids import new_id
 from db.repositories import predictions
 from db.session import session_scope
@@ -20,7 +21,6 @@ from tests.support.processes import ROOT
 from tests.workers.stubs import load
 from workers import broker_memory, orphans, sweeper
 from workers.celery_app import app
-from workers.contract import RUN_PREDICTION_TASK
 from workers.settings import WorkerSettings
 
 TAKE_AND_HANG = """

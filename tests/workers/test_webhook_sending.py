@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
+from common.webhook_guard import get_guard_settings
 from db.repositories import predictions, users, webhook_deliveries
 from db.repositories.predictions import UNFINISHED
 from db.repositories.webhook_deliveries import DeliveryClaim
@@ -24,7 +25,6 @@ from db.repositories.webhook_secrets import new_secret
 from db.session import session_scope
 from db.settings import get_database_settings
 from db.tables import DeliveryStatus, PredictionStatus, WebhookDelivery
-from db.webhook_guard import get_guard_settings
 from tests.support.helpers import create_version, new_username
 from tests.support.webhook_receiver import Answer, Received, Receiver, receiving
 from workers.settings import WorkerSettings, get_worker_settings

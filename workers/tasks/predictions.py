@@ -15,8 +15,8 @@ from concurrent.futures import wait
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from common.contract import RUN_PREDICTION_TASK
 from workers.celery_app import app
-from workers.contract import RUN_PREDICTION_TASK
 from workers.runtime import get_runtime
 
 

@@ -7,8 +7,8 @@ retries the message after a short delay; retries of the receiver wait in Postgre
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from common.contract import DELIVER_WEBHOOK_TASK
 from workers.celery_app import app
-from workers.contract import DELIVER_WEBHOOK_TASK
 from workers.webhooks.delivery import deliver
 
 

@@ -10,11 +10,10 @@ and the prediction's next delivery, which waited for this one, goes.
 """
 
 import logging
-import random
 from datetime import UTC, datetime
 
-from db import log_format
-from db.prediction_object import from_snapshot, prediction_object, to_json
+from common import backoff, log_format
+from common.prediction_object import from_snapshot, prediction_object, to_json
 from db.repositories import webhook_deliveries, webhook_secrets
 from db.repositories.webhook_deliveries import DeliveryClaim
 from db.session import session_scope
@@ -24,6 +23,9 @@ from workers.settings import WorkerSettings, get_worker_settings
 from workers.webhooks import sending
 
 log = logging.getLogger(__name__)
+
+# Of the backoff ceiling, the part every retry waits at least (common/backoff.py).
+LEAST = 0.75
 
 
 def deliver(delivery_id: str) -> None:
@@ -110,8 +112,7 @@ def retry_wait(
 
 
 def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
-    """Uniform in [3c/4, c], c = min(cap, base * 2^(attempt-1)): the jitter spreads the
-    retries of many deliveries, yet (below the cap) each wait is clearly longer than the last,
-    which full jitter (uniform in [0, c]) cannot promise."""
-    ceiling = min(cap_s, base_s * 2.0 ** (attempt - 1))
-    return random.uniform(0.75 * ceiling, ceiling)  # noqa: S311
+    """Uniform in [3c/4, c], c = min(cap, base * 2^(attempt-1)) (common/backoff.py): the jitter
+    spreads the retries of many deliveries, yet (below the cap) each wait is clearly longer than
+    the last, which full jitter (uniform in [0, c]) cannot promise."""
+    return backoff.retry_delay(attempt, base_s, cap_s, least=LEAST)

@@ -24,11 +24,11 @@ import psycopg
 import redis
 from celery import Celery
 
+from common.contract import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
 from db.repositories import webhook_deliveries
 from db.session import session_scope
 from db.settings import get_database_settings
 from workers import broker_memory, metrics
-from workers.contract import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
 from workers.settings import WorkerSettings
 from workers.webhooks import delivery
 

@@ -8,7 +8,8 @@ another thread), then what it records (`record`, in the recording transaction: t
 model that did not stream, each attempt's logs) and finally `forget`s the batch. A streamed
 `output` event carries the output so far: for text, the chunks concatenated; otherwise the
 list of chunks. The final output always comes with `completed`; a throttled last chunk is not
-sent on its own.
+sent on its own. (`start` and `completed` are PostgreSQL's to write: see WebhookEvent in
+db/tables/webhook_delivery.py.)
 """
 
 import logging
@@ -19,16 +20,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db import log_format
+from common import log_format
 from db.repositories import webhook_deliveries
 from db.repositories.predictions import Claim
 from db.session import session_scope
-from db.tables import WebhookEvent
+from db.tables import PROGRESS_EVENTS, WebhookEvent
 
 log = logging.getLogger(__name__)
 
 EVERY_S = 0.5
-PROGRESS = frozenset(webhook_deliveries.PROGRESS_EVENTS)
+PROGRESS = frozenset(PROGRESS_EVENTS)
 
 
 class ProgressThrottle:
@@ -62,7 +63,7 @@ class ProgressThrottle:
                 self._wanted.pop(prediction_id, None)
                 self._attempts.pop(prediction_id, None)
                 self._chunks.pop(prediction_id, None)
-                for event in webhook_deliveries.PROGRESS_EVENTS:
+                for event in PROGRESS_EVENTS:
                     self._sent_at.pop((prediction_id, event), None)
 
     def _due(self, prediction_id: str, event: str) -> bool:

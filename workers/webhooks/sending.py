@@ -1,6 +1,6 @@
 """One webhook attempt: check the URL, sign the body, POST it to the checked address.
 
-The SSRF guard (db/webhook_guard.py) resolves the host once; the request then goes to that
+The SSRF guard (common/webhook_guard.py) resolves the host once; the request then goes to that
 address, naming the host in the Host header and in TLS (SNI and the certificate check), so
 the name is never resolved again. Redirects are never followed, proxies from the environment
 are ignored, the whole attempt has one time limit and at most MAX_ANSWER_BYTES of the answer
@@ -18,8 +18,8 @@ from email.utils import parsedate_to_datetime
 import httpx
 from standardwebhooks import Webhook
 
-from db import webhook_guard
-from db.webhook_guard import Resolver, Target
+from common import webhook_guard
+from common.webhook_guard import Resolver, Target
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from pythonjsonlogger.json import JsonFormatter as BaseJsonFormatter
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # The one prediction a line concerns.
 prediction_id: ContextVar[str | None] = ContextVar("prediction_id", default=None)
-# The predictions of a batch, where a line concerns several at once (workers/batches.py).
+# The predictions of a batch, where a line concerns several at once (workers/batch_run.py).
 prediction_ids: ContextVar[tuple[str, ...] | None] = ContextVar("prediction_ids", default=None)
 # The Celery task running in this thread (workers/celery_app.py).
 task_id: ContextVar[str | None] = ContextVar("task_id", default=None)

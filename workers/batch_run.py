@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from db import log_format
+from common import log_format
 from db.file_inputs import file_fields, fixed_content
 from db.repositories import predictions
 from db.repositories.predictions import Claim
@@ -33,7 +33,7 @@ from models.base import (
 from models.registry import UnknownModelType, cache_key
 from models.weights import WeightsNotFound
 from workers import file_inputs, metrics
-from workers.batcher import Pending
+from workers.dynamic_batcher import Pending
 from workers.recording import Outcome, record
 
 if TYPE_CHECKING:  # the runtime builds the batchers that run batches here

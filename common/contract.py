@@ -1,0 +1,29 @@
+"""The API-worker contract, written once: task names, queues, ids per message, stream keys.
+
+The API sends work by task name (api/queue.py) and never imports workers/; the workers
+register the tasks under these names (workers/tasks/), consume these queues and publish
+prediction events to these Redis Streams (workers/events.py), which the API serves as
+Server-Sent Events (api/services/streams.py). tests/test_architecture.py checks that no
+other module of api/ or workers/ spells these names itself.
+"""
+
+# args [prediction_ids, version_id]: ids of one version, at most MAX_IDS_PER_MESSAGE of them
+# (a plain str id is accepted too: messages of an older API).
+RUN_PREDICTION_TASK = "quern.predictions.run"
+MAX_IDS_PER_MESSAGE = 64
+# Webhook deliveries have their own queue (and workers), so slow receivers never hold model workers.
+WEBHOOKS_QUEUE = "webhooks"
+DELIVER_WEBHOOK_TASK = "quern.webhooks.deliver"
+# A running prediction's events (output chunks, logs): one Redis Stream per prediction.
+EVENTS_KEY_PREFIX = "quern:events:"
+
+
+def prediction_queue(hardware: str) -> str:
+    """One queue per hardware class: a GPU worker takes only what needs a GPU, and a version is
+    never loaded on a machine that cannot run it."""
+    return f"predictions.{hardware}"
+
+
+def events_key(prediction_id: str) -> str:
+    """The Redis Stream of a prediction's events: the workers add to it, the API reads it."""
+    return f"{EVENTS_KEY_PREFIX}{prediction_id}"
