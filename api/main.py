@@ -69,11 +69,13 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestId)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
-    for module in (health, auth, account, tokens, models, catalog, predictions, files, webhooks):
-        app.include_router(module.router)
-    app.include_router(console.router)
+    # Routes are matched in order, 5-10 µs a router: the hot ones (creating and reading
+    # predictions, by version, by model, OpenAI-shaped) first.
+    app.include_router(predictions.router)
     app.include_router(predictions.model_router)
     app.include_router(openai_compat.router)
+    for module in (health, auth, account, tokens, models, catalog, files, webhooks, console):
+        app.include_router(module.router)
     return app
 
 
