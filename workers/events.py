@@ -6,7 +6,11 @@ every entry of an attempt must be added before its terminal status commits. An e
 fields: `event` ("output" or "logs"), `data` (the value as JSON) and `attempt` (the attempt that
 made it: the API shows only the entries of one attempt, so a retry, or a worker that lost its
 claim, never mixes in).
-Streams expire a day after their last entry.
+A stream expires a day after its last entry while its prediction runs, and ten minutes after
+the recorder's entries (an attempt's last): by then a client that lost its connection has
+reconnected, and a stream opened later gets the stored output from PostgreSQL as one event.
+Kept a day, a busy embeddings model's outputs filled Redis (120 a second, 5 KB each: 50 GB),
+which the broker shares and cannot evict.
 
 Best effort: PostgreSQL holds the truth, and a prediction never fails for want of Redis. While
 Redis is unreachable, entries are dropped with a warning at most once a minute, and after each
@@ -28,6 +32,7 @@ from common.contract import events_key
 log = logging.getLogger(__name__)
 
 TTL_S = 86400
+FINISHED_TTL_S = 600
 MAX_LEN = 100_000  # approximate: trimming whole nodes is cheap
 TIMEOUT_S = 0.5
 PAUSE_AFTER_FAILURE_S = 1.0
@@ -52,9 +57,10 @@ class EventPublisher:
         self._paused_until = 0.0
         self._warned_at = -math.inf
 
-    def publish_many(self, events: list[Event]) -> bool:
-        """Add every event to its prediction's stream, in order, in one round trip. False when
-        they were dropped (Redis unreachable, or it was a moment ago)."""
+    def publish_many(self, events: list[Event], ttl_s: int = TTL_S) -> bool:
+        """Add every event to its prediction's stream, in order, in one round trip, and keep
+        the streams `ttl_s` from now. False when they were dropped (Redis unreachable, or it
+        was a moment ago)."""
         if time.monotonic() < self._paused_until:
             return False
         if not events:
@@ -64,7 +70,7 @@ class EventPublisher:
             fields = {"event": event, "data": data, "attempt": attempt}
             pipe.xadd(events_key(prediction_id), fields, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
         for prediction_id in {prediction_id for prediction_id, *_ in events}:
-            pipe.expire(events_key(prediction_id), TTL_S)
+            pipe.expire(events_key(prediction_id), ttl_s)
         try:
             pipe.execute()
             return True

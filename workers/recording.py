@@ -97,7 +97,8 @@ def record_once(
                 published.append(output_event)
             logs = json.dumps(fate.logs[:-1])  # lines, not ended
             published.append((fate.id, fate.attempts, "logs", logs))
-        runtime.events.publish_many(published)
+        # An attempt's last entries: a retry's next attempt keeps its stream a day again.
+        runtime.events.publish_many(published, events.FINISHED_TTL_S)
         runtime.webhook_progress.record(session, published)
     runtime.webhook_progress.forget(claim.id for claim in claims)
     counted = Counter(fate.status for fate, _ in fates if applied.get(fate.id))

@@ -5,7 +5,8 @@ Workers append `output` chunks (tokens) and `logs` to a Redis Stream per predict
 client's `Last-Event-ID` (entry ids are the SSE ids, so a reconnect neither loses nor repeats a
 chunk), follows it live, and, once the status listener says the prediction is terminal, sends
 what is left, then `error` (if it failed) and `done`. A stream opened after the Redis entries
-expired (24 h) replays the stored output as one `output` event.
+expired (10 minutes after the end: workers/events.py) replays the stored output as one
+`output` event.
 
 It shows one attempt: every entry names the attempt that made it, and entries of an attempt
 older than the one running (or recorded) are skipped, so a retry's output never follows the

@@ -23,7 +23,7 @@ from models.text_generation import RowStreamer
 from tests.conftest import API_REDIS_URL
 from tests.support.helpers import create_prediction_row, create_version, new_username
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
-from workers import events, recording
+from workers import batch_run, events, recording
 from workers.events import EventPublisher
 from workers.runtime import WorkerRuntime
 
@@ -90,11 +90,20 @@ def at_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Entries]:
 
 
 def test_streamed_chunks_then_logs_are_in_each_stream_before_it_is_terminal(
-    runtime: StandInRuntime, at_commit: dict[str, Entries]
+    runtime: StandInRuntime, at_commit: dict[str, Entries], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     predictor = runtime.use(Streams)
     version = create_version(max_batch_size=8, max_batch_wait_ms=300)
     ids = [create_prediction_row(version, text=text) for text in ("a", "b", "c")]
+    running_ttl: dict[str, int] = {}
+    real_hand_over = batch_run.hand_over
+
+    def noting_ttl(runtime: Any, version: Any, claims: Any, *args: Any) -> None:
+        for claim in claims:  # streamed, not yet recorded
+            running_ttl[claim.id] = redis.Redis.from_url(API_REDIS_URL).ttl(events_key(claim.id))
+        real_hand_over(runtime, version, claims, *args)
+
+    monkeypatch.setattr(batch_run, "hand_over", noting_ttl)
     done = run_together(runtime, version, ids)
     assert predictor.batches == [["a", "b", "c"]]
     for prediction, text in zip(done, "abc", strict=True):
@@ -106,8 +115,10 @@ def test_streamed_chunks_then_logs_are_in_each_stream_before_it_is_terminal(
         assert "".join(outputs(prediction.id)) == prediction.output  # no whole output again
         assert entries[-1][1] + "\n" == prediction.logs  # the logs this attempt appended
         assert at_commit[prediction.id] == entries
+        # Kept a day while it ran, ten minutes once its last entries are in.
+        assert running_ttl[prediction.id] > events.FINISHED_TTL_S
         ttl = redis.Redis.from_url(API_REDIS_URL).ttl(events_key(prediction.id))
-        assert 86000 < ttl <= 86400
+        assert events.FINISHED_TTL_S - 100 < ttl <= events.FINISHED_TTL_S
 
 
 def test_a_model_that_does_not_stream_gets_its_whole_output_as_one_entry(

@@ -100,7 +100,7 @@ class Kept(EventPublisher):
         super().__init__(get_worker_settings().redis_url)
         self.published: list[Event] = []
 
-    def publish_many(self, events: list[Event]) -> bool:
+    def publish_many(self, events: list[Event], ttl_s: int = 0) -> bool:
         self.published.extend(events)
         return True
 
