@@ -20,14 +20,13 @@ import logging
 import threading
 import time
 
-import psycopg
 import redis
 from celery import Celery
 
 from common.contract import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
+from db.listener import Listener
 from db.repositories import webhook_deliveries
 from db.session import session_scope
-from db.settings import get_database_settings
 from workers import broker_memory, metrics
 from workers.settings import WorkerSettings
 from workers.webhooks import delivery
@@ -85,23 +84,22 @@ def publish_due(app: Celery, settings: WorkerSettings) -> float | None:
 
 
 def run(app: Celery, settings: WorkerSettings, stopping: threading.Event) -> None:
-    """Recover and publish as the module says, until `stopping` is set."""
+    """Recover and publish as the module says, until `stopping` is set. Each pass runs on a
+    LISTENing connection (db/listener.py), so no NOTIFY after it goes unheard; if the
+    connection or a pass fails, a new connection's first pass catches up."""
     interval = settings.webhook_dispatch_interval_s
     recovered_at = -interval
     broker = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
-    while not stopping.is_set():
-        try:
-            with psycopg.connect(get_database_settings().libpq_url, autocommit=True) as conn:
-                conn.execute(f"LISTEN {CHANNEL}")
-                while not stopping.is_set():
-                    if time.monotonic() - recovered_at >= interval:
-                        recover(settings, broker)
-                        recovered_at = time.monotonic()
-                    next_due_s = publish_due(app, settings)
-                    wait_s = interval if next_due_s is None else min(interval, next_due_s)
-                    for _ in conn.notifies(timeout=max(wait_s, 0.01), stop_after=1):
-                        pass
-        except Exception:
-            log.warning("dispatcher failed; starting again", exc_info=True)
-            stopping.wait(1)
+
+    def one_pass() -> float:
+        nonlocal recovered_at
+        if time.monotonic() - recovered_at >= interval:
+            recover(settings, broker)
+            recovered_at = time.monotonic()
+        next_due_s = publish_due(app, settings)
+        wait_s = interval if next_due_s is None else min(interval, next_due_s)
+        return max(wait_s, 0.01)
+
+    listener = Listener("webhook dispatcher", [CHANNEL])
+    listener.run(stopping, before_wait=one_pass, stop_after=1)
     broker.close()
