@@ -24,6 +24,7 @@ import redis
 from celery import Celery
 
 from common.contract import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
+from common.relay import publish_or_unmark
 from db.listener import Listener
 from db.repositories import webhook_deliveries
 from db.session import session_scope
@@ -62,22 +63,25 @@ def recover(settings: WorkerSettings, broker: redis.Redis) -> None:
 
 def publish_due(app: Celery, settings: WorkerSettings) -> float | None:
     """Publish every due delivery that has no message. Returns the seconds until the next one
-    is due (None: none is waiting)."""
+    is due (None: none is waiting). One it cannot publish is left for a later pass
+    (common/relay.py)."""
+
+    def send(_: None, ids: list[str]) -> None:
+        app.send_task(DELIVER_WEBHOOK_TASK, args=ids, queue=WEBHOOKS_QUEUE)
+
+    def failed(unsent: list[str], _: Exception) -> None:
+        log.warning("dispatcher: could not publish %d deliveries; will retry", len(unsent))
+
+    def unmark(unsent: list[str]) -> None:
+        with session_scope() as session:
+            webhook_deliveries.mark_not_enqueued(session, ids=unsent)
+
     while True:
         with session_scope() as session:
             due = webhook_deliveries.take_due(session, limit=BATCH)
             # The last pass (the rows just taken are marked, so not counted) asks in passing.
             next_in_s = webhook_deliveries.seconds_until_due(session) if len(due) < BATCH else None
-        unsent = []
-        for delivery_id in due:
-            try:
-                app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
-            except Exception:
-                unsent.append(delivery_id)
-        if unsent:
-            log.warning("dispatcher: could not publish %d deliveries; will retry", len(unsent))
-            with session_scope() as session:
-                webhook_deliveries.mark_not_enqueued(session, ids=unsent)
+        if publish_or_unmark([(None, [id]) for id in due], send, unmark, failed=failed):
             return settings.webhook_dispatch_interval_s
         if len(due) < BATCH:
             return next_in_s
