@@ -42,13 +42,13 @@ def recover(settings: WorkerSettings, broker: redis.Redis) -> None:
     """Take back attempts lost with their worker, and deliveries whose message was lost."""
     broker_lost = broker_memory.lost(broker, "webhooks")
     with session_scope() as session:
-        lost = webhook_deliveries.take_back_lost(
+        lost = webhook_deliveries.requeue_lost(
             session,
             retry_in_s=lambda attempt, created_at: delivery.retry_wait(
                 attempt, created_at, settings
             ),
         )
-        resent = webhook_deliveries.forget_lost_messages(
+        resent = webhook_deliveries.forget_enqueued(
             session, older_than_s=0 if broker_lost else settings.webhook_requeue_after_s
         )
     if broker_lost:
