@@ -19,6 +19,7 @@ from celery import Celery
 from api.settings import get_api_settings
 from common import log_format
 from common.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
+from common.relay import publish_or_unmark
 from db.repositories import predictions
 from db.session import session_scope
 
@@ -88,7 +89,8 @@ class Publisher:
 
 def publish(items: list[Queued]) -> None:
     """One message per (version, queue) and MAX_IDS_PER_MESSAGE ids. A message that cannot be
-    sent (Redis down) leaves its rows marked not enqueued: the workers' sweeper sends them."""
+    sent (Redis down) leaves its rows marked not enqueued (common/relay.py): the workers'
+    sweeper sends them."""
     groups: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
     for item in items:
         groups[item.version_id, item.hardware].append(item.prediction_id)
@@ -100,19 +102,28 @@ def publish(items: list[Queued]) -> None:
 
 
 def _send(ids: list[str], version_id: str, hardware: str) -> None:
-    try:
-        get_client().send_task(
-            RUN_PREDICTION_TASK,
-            args=[ids, version_id],
-            queue=prediction_queue(hardware),
-            ignore_result=True,
+    def failed(unsent: list[str], exc: Exception) -> None:
+        log.error(
+            "could not enqueue predictions %s; they stay starting", " ".join(unsent), exc_info=exc
         )
-    except Exception:
-        log.exception("could not enqueue predictions %s; they stay starting", " ".join(ids))
-        try:
-            with session_scope() as session:
-                predictions.mark_not_enqueued(session, ids=ids)
-        except Exception:  # then the sweeper finds them by the age of their enqueue mark
-            log.exception("could not mark predictions as not enqueued")
-        return
-    log.debug("queued %d predictions of version %s", len(ids), version_id)
+
+    if not publish_or_unmark([((version_id, hardware), ids)], _publish, _unmark, failed=failed):
+        log.debug("queued %d predictions of version %s", len(ids), version_id)
+
+
+def _publish(version_and_hardware: tuple[str, str], ids: list[str]) -> None:
+    version_id, hardware = version_and_hardware
+    get_client().send_task(
+        RUN_PREDICTION_TASK,
+        args=[ids, version_id],
+        queue=prediction_queue(hardware),
+        ignore_result=True,
+    )
+
+
+def _unmark(ids: list[str]) -> None:
+    try:
+        with session_scope() as session:
+            predictions.mark_not_enqueued(session, ids=ids)
+    except Exception:  # then the sweeper finds them by the age of their enqueue mark
+        log.exception("could not mark predictions as not enqueued")

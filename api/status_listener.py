@@ -1,7 +1,9 @@
 """Each API process keeps one PostgreSQL connection that LISTENs for prediction status changes
 (migration 0002 NOTIFYs "<id> <status>" on every committed change), and wakes the requests
 waiting on a prediction: `Prefer: wait` and event streams. A thousand waiting requests cost a
-thousand asyncio events, not a thousand connections or threads, and nothing polls.
+thousand asyncio events, not a thousand connections or threads, and nothing polls. The
+connection, its reconnects and their backoff are db/listener.py's; what a notice and a
+(re)connect mean here is this module's.
 
 The same connection hears changes to what the process caches (callers, versions: api/cache.py)
 and clears those caches; while it is down they are not trusted.
@@ -9,23 +11,19 @@ and clears those caches; while it is down they are not trusted.
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import psycopg
+from psycopg import Notify
 
 from api.cache import Cache
-from db.engine import process_label
+from db.listener import Listener
 from db.repositories import cache_notices
 from db.repositories.predictions import STATUS_CHANNEL
 from db.settings import get_database_settings
 from db.tables import PredictionStatus
 
-log = logging.getLogger(__name__)
-
-RECONNECT_DELAY_S = 1.0
 # How stale a cached row may get when its change is not announced (an operator's SQL).
 CACHE_TTL_S = 30.0
 
@@ -33,7 +31,13 @@ CACHE_TTL_S = 30.0
 class StatusListener:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.connected = False
+        self._listener = Listener(
+            "status listener",
+            [STATUS_CHANNEL, cache_notices.CHANNEL],
+            url=url,
+            on_connect=self._connected,
+            on_disconnect=self._disconnected,
+        )
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         # Callers by API-token hash or user id (api/authentication.py); versions by id or name.
@@ -44,9 +48,16 @@ class StatusListener:
             cache_notices.VERSIONS: self.versions,
         }
 
+    @property
+    def connected(self) -> bool:
+        """Whether the LISTEN connection is up: while it is not, changes may go unheard."""
+        return self._listener.connected
+
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="status-listener")
+            self._task = asyncio.create_task(
+                self._listener.arun(self._heard), name="status-listener"
+            )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -79,34 +90,24 @@ class StatusListener:
             if not waiting:
                 del self._waiters[prediction_id]
 
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name=process_label()
-                ) as conn:
-                    await conn.execute(f"LISTEN {STATUS_CHANNEL}")
-                    await conn.execute(f"LISTEN {cache_notices.CHANNEL}")
-                    self._reset_caches(trusted=True)  # what was missed meanwhile is gone
-                    self.connected = True
-                    self._wake_all()
-                    async for notice in conn.notifies():
-                        if notice.channel == cache_notices.CHANNEL:
-                            cache = self._caches.get(notice.payload)
-                            if cache is not None:
-                                cache.clear()
-                            continue
-                        prediction_id, _, status = notice.payload.partition(" ")
-                        if PredictionStatus(status).is_terminal:
-                            for event in self._waiters.get(prediction_id, ()):
-                                event.set()
-            except Exception as exc:
-                if self.connected:
-                    log.warning("status listener lost PostgreSQL (%s); reconnecting", exc)
-            self.connected = False
-            self._reset_caches(trusted=False)
-            self._wake_all()
-            await asyncio.sleep(RECONNECT_DELAY_S)
+    def _heard(self, notice: Notify) -> None:
+        if notice.channel == cache_notices.CHANNEL:
+            cache = self._caches.get(notice.payload)
+            if cache is not None:
+                cache.clear()
+            return
+        prediction_id, _, status = notice.payload.partition(" ")
+        if PredictionStatus(status).is_terminal:
+            for event in self._waiters.get(prediction_id, ()):
+                event.set()
+
+    def _connected(self) -> None:
+        self._reset_caches(trusted=True)  # what was missed meanwhile is gone
+        self._wake_all()
+
+    def _disconnected(self) -> None:
+        self._reset_caches(trusted=False)
+        self._wake_all()
 
     def _reset_caches(self, *, trusted: bool) -> None:
         for cache in self._caches.values():

@@ -17,12 +17,10 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-import psycopg
-
+from db.listener import Listener
 from db.repositories import predictions
 from db.repositories.predictions import STATUS_CHANNEL, Claim
 from db.session import session_scope
-from db.settings import get_database_settings
 from db.tables import PredictionStatus
 
 log = logging.getLogger(__name__)
@@ -115,19 +113,11 @@ class Leases:
             )  # fmt: skip
 
     def listen(self, stopping: threading.Event) -> None:
-        """Flag running predictions that were canceled, until `stopping` is set."""
-        url = get_database_settings().libpq_url
-        while not stopping.is_set():
-            try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {STATUS_CHANNEL}")
-                    while not stopping.is_set():
-                        # A notice that comes between two calls waits for the next one.
-                        for notice in conn.notifies(timeout=1.0):
-                            self._heard(notice.payload)
-            except Exception:
-                log.warning("lost the cancel listener's connection; reconnecting", exc_info=True)
-                stopping.wait(1)
+        """Flag running predictions that were canceled, until `stopping` is set. (A cancel
+        announced while the connection was down goes unheard; the prediction then runs on
+        until its end, where recording finds it canceled.)"""
+        listener = Listener("cancel listener", [STATUS_CHANNEL])
+        listener.run(stopping, handle=lambda notice: self._heard(notice.payload), timeout_s=1.0)
 
     def _heard(self, payload: str) -> None:
         prediction_id, status = payload.split(" ", 1)

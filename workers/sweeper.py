@@ -21,6 +21,7 @@ from celery import Celery
 from sqlalchemy import func, select
 
 from common.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
+from common.relay import publish_or_unmark
 from db.repositories import files, idempotency_keys, predictions
 from db.session import session_scope
 from workers import broker_memory, orphans
@@ -78,20 +79,24 @@ def sweep(app: Celery, settings: WorkerSettings, broker: redis.Redis) -> int:
     groups: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
     for item in due:
         groups[item.version_id, item.hardware].append(item.id)
-    unsent: list[str] = []
-    for (version_id, hardware), ids in groups.items():
-        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
-            chunk = ids[start : start + MAX_IDS_PER_MESSAGE]
-            try:
-                app.send_task(
-                    RUN_PREDICTION_TASK, args=[chunk, version_id], queue=prediction_queue(hardware)
-                )
-            except Exception:
-                unsent += chunk
-    if unsent:
+    chunks = [
+        ((version_id, prediction_queue(hardware)), ids[start : start + MAX_IDS_PER_MESSAGE])
+        for (version_id, hardware), ids in groups.items()
+        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE)
+    ]
+
+    def send(version_and_queue: tuple[str, str], chunk: list[str]) -> None:
+        version_id, queue = version_and_queue
+        app.send_task(RUN_PREDICTION_TASK, args=[chunk, version_id], queue=queue)
+
+    def failed(unsent: list[str], _: Exception) -> None:
         log.warning("sweeper: could not publish %d predictions; will try again", len(unsent))
+
+    def unmark(unsent: list[str]) -> None:
         with session_scope() as session:
             predictions.mark_not_enqueued(session, ids=unsent)
+
+    unsent = publish_or_unmark(chunks, send, unmark, failed=failed)
     return len(due) - len(unsent)
 
 

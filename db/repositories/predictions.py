@@ -266,7 +266,8 @@ def lease_held(session: Session, *, ids: builtins.list[str], lease_s: float) -> 
 
 
 def forget_enqueued(session: Session) -> int:
-    """Redis lost its messages: every queued prediction is to be published again."""
+    """Redis lost its messages: every queued prediction is to be published again. (For
+    webhook deliveries, webhook_deliveries.forget_enqueued, which also takes an age.)"""
     result = session.execute(
         update(Prediction)
         .where(Prediction.status == PredictionStatus.STARTING, Prediction.enqueued_at.is_not(None))
@@ -382,7 +383,8 @@ def requeue_lost(
 ) -> builtins.list[str]:
     """`processing` rows whose lease ran out (their worker died): back to `starting` after a
     full-jitter backoff (the formula of common/backoff.py, computed here in SQL), or `failed` once
-    they used up their attempts. Returns the ids."""
+    they used up their attempts. Returns the ids. (For webhook deliveries,
+    webhook_deliveries.requeue_lost.)"""
     lost = (
         Prediction.status == PredictionStatus.PROCESSING,
         Prediction.lease_expires_at < func.now(),

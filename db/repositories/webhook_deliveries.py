@@ -13,6 +13,12 @@ waiting for a retry holds back the later ones. The dispatcher only ever sees `pe
 different predictions' deliveries go in parallel. A superseded `output` or `logs` delivery (a
 later one of the same event, or `completed`, was written) is `skipped` instead of sent or
 retried; `start` and `completed` never are.
+
+The operations that mean the same as predictions' (db/repositories/predictions.py) have the
+same names: `claim` (an attempt, under a lease) and its `Claim`, `record` (its outcome, if the
+attempt still owns the row), `requeue_lost` (a worker died holding it), `take_due` (mark for
+publishing), `mark_not_enqueued` (publishing failed) and `forget_enqueued` (the message is
+taken as lost).
 """
 
 from collections.abc import Callable
@@ -170,7 +176,7 @@ def redeliver(session: Session, *, prediction_id: str) -> WebhookDelivery | None
 
 
 @dataclass(frozen=True)
-class DeliveryClaim:
+class Claim:
     """A delivery a worker has just taken for one attempt, and what it needs to send it."""
 
     id: str
@@ -185,7 +191,7 @@ class DeliveryClaim:
     model: str  # owner/name of the prediction's model
 
 
-def claim(session: Session, *, id: str, lease_s: float) -> DeliveryClaim | None:
+def claim(session: Session, *, id: str, lease_s: float) -> Claim | None:
     """Take delivery `id` for an attempt under a lease, if it is pending and due (else None:
     finished, waiting for a retry, or taken by a duplicate message). Logs the attempt."""
     row = session.execute(
@@ -223,7 +229,7 @@ def claim(session: Session, *, id: str, lease_s: float) -> DeliveryClaim | None:
     if row is None:
         return None
     session.add(WebhookAttempt(delivery_id=id, number=row.attempts, started_at=func.now()))
-    return DeliveryClaim(
+    return Claim(
         row.id,
         row.event,
         row.url,
@@ -242,10 +248,10 @@ def freeze_body(session: Session, *, id: str, body: str) -> None:
     session.execute(update(WebhookDelivery).where(WebhookDelivery.id == id).values(body=body))
 
 
-def record_attempt(
+def record(
     session: Session,
     *,
-    claim: DeliveryClaim,
+    claim: Claim,
     status: DeliveryStatus,
     status_code: int | None,
     latency_ms: float,
@@ -253,7 +259,7 @@ def record_attempt(
     retry_in_s: float | None = None,
 ) -> str | None:
     """Log the attempt's outcome and move the delivery to `status` (PENDING: retried in
-    `retry_in_s`), unless its lease lapsed and the attempt was taken back meanwhile (None).
+    `retry_in_s`), unless its lease lapsed and the attempt was requeued meanwhile (None).
     Returns the status written: a superseded `output` or `logs` is skipped, not retried."""
     session.execute(
         update(WebhookAttempt)
@@ -282,10 +288,11 @@ def record_attempt(
     )
 
 
-def take_back_lost(
+def requeue_lost(
     session: Session, *, retry_in_s: Callable[[int, datetime], float | None]
 ) -> list[tuple[str, str]]:
-    """Deliveries whose worker died mid-attempt (the lease ran out). The lost attempt counts
+    """Deliveries whose worker died mid-attempt (the lease ran out): back to `pending`, or
+    `failed` (predictions.requeue_lost is the same for predictions). The lost attempt counts
     like a failed one: `retry_in_s(attempt, created_at)` (the workers' retry schedule) says
     when the next is due, or None: failed. Never due at once, so a receiver whose answer
     kills the worker is not called again every lease. Returns (event, new status) of each (a
@@ -303,7 +310,7 @@ def take_back_lost(
         )
         .with_for_update(skip_locked=True)
     ).all()
-    taken_back = []
+    requeued = []
     for row in lost:
         wait_s = retry_in_s(row.attempts, row.created_at)
         values: dict[str, Any] = {
@@ -317,7 +324,7 @@ def take_back_lost(
             values.update(
                 status=DeliveryStatus.PENDING, next_attempt_at=func.now() + seconds(wait_s)
             )
-        # The row is locked (FOR UPDATE): a late record_attempt waits, then finds it taken back.
+        # The row is locked (FOR UPDATE): a late `record` waits, then finds it requeued.
         status = session.scalar(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == row.id)
@@ -334,11 +341,11 @@ def take_back_lost(
             )
             .values(error=LOST)
         )
-        taken_back.append((row.event, str(status)))
-    return taken_back
+        requeued.append((row.event, str(status)))
+    return requeued
 
 
-def forget_lost_messages(session: Session, *, older_than_s: float) -> int:
+def forget_enqueued(session: Session, *, older_than_s: float) -> int:
     """Pending deliveries published that long ago and never started: their message is taken as
     lost, so they are published again (a duplicate is harmless: the claim is conditional)."""
     result = session.execute(

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from common.prediction_object import from_snapshot, prediction_object, to_json
 from db.repositories import predictions, users, webhook_deliveries
 from db.repositories.predictions import UNFINISHED
-from db.repositories.webhook_deliveries import DeliveryClaim
+from db.repositories.webhook_deliveries import Claim
 from db.session import session_scope
 from db.settings import get_database_settings
 from db.tables import (
@@ -161,11 +161,11 @@ def test_a_delivery_is_claimed_once_and_a_lapsed_lease_gives_it_back_with_the_at
         assert webhook_deliveries.claim(session, id=delivery.id, lease_s=60) is None  # a duplicate
     time.sleep(0.1)
     with session_scope() as session:
-        assert ("completed", "pending") in webhook_deliveries.take_back_lost(
+        assert ("completed", "pending") in webhook_deliveries.requeue_lost(
             session, retry_in_s=lambda attempt, created_at: 0.0
         )
     with session_scope() as session:  # the lost worker comes back: its outcome changes nothing
-        assert not webhook_deliveries.record_attempt(
+        assert not webhook_deliveries.record(
             session,
             claim=claim,
             status=DeliveryStatus.SUCCEEDED,
@@ -220,7 +220,7 @@ def take_due() -> set[str]:
         return set(webhook_deliveries.take_due(session, limit=10_000))
 
 
-def claim(delivery_id: str) -> DeliveryClaim:
+def claim(delivery_id: str) -> Claim:
     """A worker takes the published delivery for an attempt."""
     with session_scope() as session:
         taken = webhook_deliveries.claim(session, id=delivery_id, lease_s=60)
@@ -228,12 +228,10 @@ def claim(delivery_id: str) -> DeliveryClaim:
     return taken
 
 
-def record(
-    taken: DeliveryClaim, status: DeliveryStatus, retry_in_s: float | None = None
-) -> str | None:
+def record(taken: Claim, status: DeliveryStatus, retry_in_s: float | None = None) -> str | None:
     """The outcome of the attempt; returns the status written."""
     with session_scope() as session:
-        return webhook_deliveries.record_attempt(
+        return webhook_deliveries.record(
             session,
             claim=taken,
             status=status,

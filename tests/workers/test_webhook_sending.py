@@ -20,7 +20,7 @@ from standardwebhooks import Webhook
 from common.webhook_guard import get_guard_settings
 from db.repositories import predictions, users, webhook_deliveries
 from db.repositories.predictions import UNFINISHED
-from db.repositories.webhook_deliveries import DeliveryClaim
+from db.repositories.webhook_deliveries import Claim
 from db.repositories.webhook_secrets import new_secret
 from db.session import session_scope
 from db.settings import get_database_settings
@@ -199,9 +199,9 @@ def test_an_attempt_with_a_garbage_retry_after_is_recorded_and_retried_later(
     assert wait_s is not None and 0.7 * base_s <= float(wait_s) <= base_s
 
 
-def claim(attempt: int, age_s: float = 0) -> DeliveryClaim:
+def claim(attempt: int, age_s: float = 0) -> Claim:
     created = datetime.now(UTC) - timedelta(seconds=age_s)
-    return DeliveryClaim("d", "completed", "u", "p", {}, None, attempt, created, "o", "m/n")
+    return Claim("d", "completed", "u", "p", {}, None, attempt, created, "o", "m/n")
 
 
 def result(status_code: int | None, retry_after_s: float | None = None) -> sending.Result:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from common import backoff, log_format
 from common.prediction_object import from_snapshot, prediction_object, to_json
 from db.repositories import webhook_deliveries, webhook_secrets
-from db.repositories.webhook_deliveries import DeliveryClaim
+from db.repositories.webhook_deliveries import Claim
 from db.session import session_scope
 from db.tables import DeliveryStatus
 from workers import metrics
@@ -46,13 +46,13 @@ def deliver(delivery_id: str) -> None:
         _attempt(claim, body, secret, settings)
 
 
-def _attempt(claim: DeliveryClaim, body: str, secret: str, settings: WorkerSettings) -> None:
+def _attempt(claim: Claim, body: str, secret: str, settings: WorkerSettings) -> None:
     """Send once, record what came of it."""
     headers = sending.signed_headers(secret, claim.id, body)
     result = sending.send(claim.url, body, headers, settings.webhook_timeout_s)
     status, retry_in_s = next_step(claim, result, settings)
     with session_scope() as session:
-        recorded = webhook_deliveries.record_attempt(
+        recorded = webhook_deliveries.record(
             session,
             claim=claim,
             status=status,
@@ -77,7 +77,7 @@ def _attempt(claim: DeliveryClaim, body: str, secret: str, settings: WorkerSetti
 
 
 def next_step(
-    claim: DeliveryClaim, result: sending.Result, settings: WorkerSettings
+    claim: Claim, result: sending.Result, settings: WorkerSettings
 ) -> tuple[DeliveryStatus, float | None]:
     """The delivery's status after this attempt, and for a retry, the wait before the next."""
     if result.succeeded:
