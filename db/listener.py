@@ -76,7 +76,10 @@ class Listener:
         while not stopping.is_set():
             try:
                 with psycopg.connect(
-                    self._url(), autocommit=True, application_name=process_label()
+                    self._url(),
+                    autocommit=True,
+                    application_name=process_label(),
+                    connect_timeout=5,
                 ) as conn:
                     for channel in self.channels:
                         conn.execute(f"LISTEN {channel}")
@@ -97,7 +100,10 @@ class Listener:
             while True:
                 try:
                     async with await psycopg.AsyncConnection.connect(
-                        self._url(), autocommit=True, application_name=process_label()
+                        self._url(),
+                        autocommit=True,
+                        application_name=process_label(),
+                        connect_timeout=5,
                     ) as conn:
                         for channel in self.channels:
                             await conn.execute(f"LISTEN {channel}")
