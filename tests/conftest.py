@@ -90,4 +90,4 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-pytest_plugins = ["tests.support.live"]
+pytest_plugins = ["tests.support.live", "tests.support.transaction"]
