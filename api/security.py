@@ -4,30 +4,42 @@ tokens (random, stored as SHA-256)."""
 import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from jose import JWTError, jwt
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from api.settings import ApiSettings
+from api.settings import ApiSettings, get_api_settings
 
 JWT_ALGORITHM = "HS256"
 
-# Argon2id above the OWASP minimum (m=19 MiB, t=2, p=1).
-_passwords = PasswordHash((Argon2Hasher(memory_cost=19 * 1024, time_cost=2, parallelism=1),))
-# Verified against when the user does not exist, so timing does not reveal which usernames exist.
-_DUMMY_HASH = _passwords.hash("quern-dummy-password")
+
+@lru_cache
+def _passwords() -> tuple[PasswordHash, str]:
+    """Argon2id at the settings' cost (above the OWASP minimum outside tests), and a hash
+    verified against when the user does not exist, so timing does not reveal which usernames
+    exist."""
+    settings = get_api_settings()
+    hasher = Argon2Hasher(
+        memory_cost=settings.password_hash_memory_kib,
+        time_cost=settings.password_hash_time_cost,
+        parallelism=1,
+    )
+    passwords = PasswordHash((hasher,))
+    return passwords, passwords.hash("quern-dummy-password")
 
 
 def hash_password(password: str) -> str:
-    return _passwords.hash(password)
+    return _passwords()[0].hash(password)
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
+    passwords, dummy_hash = _passwords()
     if password_hash is None:
-        _passwords.verify(password, _DUMMY_HASH)
+        passwords.verify(password, dummy_hash)
         return False
-    return _passwords.verify(password, password_hash)
+    return passwords.verify(password, password_hash)
 
 
 def create_access_token(user_id: str, settings: ApiSettings) -> str:

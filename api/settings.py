@@ -67,6 +67,11 @@ class ApiSettings(BaseSettings):
     openai_timeout_s: float = Field(default=600.0, gt=0, le=3600)
     # Seconds between handing freed memory back to the OS (api/memory.py); 0: never.
     malloc_trim_interval_s: float = Field(default=60.0, ge=0)
+    # Argon2id cost of new password hashes (api/security.py), above the OWASP minimum (m=19 MiB,
+    # t=2, p=1). Lower only outside production (the test suite: every test user's sign-up and
+    # sign-in would pay it); a stored hash carries its own cost, so any of them verifies.
+    password_hash_memory_kib: int = Field(default=19 * 1024, ge=8)
+    password_hash_time_cost: int = Field(default=2, ge=1)
 
     @field_validator(
         "rate_limit_write", "rate_limit_read", "rate_limit_auth", "rate_limit_signin_failures"
@@ -82,6 +87,13 @@ class ApiSettings(BaseSettings):
             raise ValueError("QUERN_JWT_SECRET must be set outside development (QUERN_ENV)")
         if len(self.jwt_secret) < 32:
             raise ValueError("QUERN_JWT_SECRET must be at least 32 characters")
+        if self.env == "production" and (
+            self.password_hash_memory_kib < 19 * 1024 or self.password_hash_time_cost < 2
+        ):
+            raise ValueError(
+                "QUERN_PASSWORD_HASH_MEMORY_KIB below 19456 or QUERN_PASSWORD_HASH_TIME_COST "
+                "below 2 is refused in production (QUERN_ENV)"
+            )
         return self
 
 

@@ -4,10 +4,12 @@ import base64
 import json
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
+from pydantic import ValidationError
 
-from api.settings import get_api_settings
+from api.settings import ApiSettings, get_api_settings
 from tests.support.helpers import assert_problem, new_username, register_and_login
 
 
@@ -112,3 +114,29 @@ def test_default_secret_is_refused_outside_development(monkeypatch) -> None:
     with pytest.raises(ValidationError, match="QUERN_JWT_SECRET"):
         ApiSettings(env="production")
     assert ApiSettings(env="development").jwt_secret
+
+
+def test_passwords_cost_the_owasp_minimum_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite hashes cheaply (tests/conftest.py); production may not."""
+    for name in ("QUERN_PASSWORD_HASH_MEMORY_KIB", "QUERN_PASSWORD_HASH_TIME_COST"):
+        monkeypatch.delenv(name)
+    production = ApiSettings(env="production")
+    assert (production.password_hash_memory_kib, production.password_hash_time_cost) == (
+        19 * 1024,
+        2,
+    )
+    for weak in ({"password_hash_memory_kib": 19 * 1024 - 1}, {"password_hash_time_cost": 1}):
+        with pytest.raises(ValidationError, match="refused in production"):
+            ApiSettings(env="production", **weak)
+        assert ApiSettings(env="test", **weak) and ApiSettings(env="development", **weak)
+
+
+def test_a_password_hashed_at_another_cost_still_verifies() -> None:
+    """A hash carries its own cost: lowering or raising it never locks anyone out."""
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    from api.security import verify_password
+
+    stored = Argon2Hasher(memory_cost=19 * 1024, time_cost=2, parallelism=1).hash("pw-12345")
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert verify_password("pw-12345", stored) and not verify_password("pw-12346", stored)

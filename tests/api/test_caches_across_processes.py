@@ -16,6 +16,8 @@ from tests.api.test_versions import VERSION, new_model
 from tests.support.helpers import assert_problem, new_username, register_admin, register_and_login
 from tests.support.processes import free_port, http_ok, start, stop, wait_until
 
+pytestmark = pytest.mark.slow  # starts a second API process
+
 
 @pytest.fixture(scope="module")
 def other(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:

@@ -234,6 +234,8 @@ def role_headers(client: Any) -> dict[str, dict[str, str]]:
     return {"user": register_and_login(client), "admin": register_admin(client)}
 
 
+# Hundreds of generated requests (a minute): the whole suite's, not `make test-fast`'s.
+@pytest.mark.slow
 @pytest.mark.parametrize("role", ["user", "admin"])
 @schema.parametrize()
 @settings(

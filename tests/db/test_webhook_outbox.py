@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 import redis
 from sqlalchemy import func, select, update
 
@@ -220,7 +221,18 @@ def take_due() -> set[str]:
         return set(webhook_deliveries.take_due(session, limit=10_000))
 
 
+<<<<<<< HEAD
 def claim(delivery_id: str) -> Claim:
+=======
+@pytest.fixture
+def only_its_own(rolled_back: object) -> None:
+    """The test's deliveries alone are due: what earlier tests left due is marked published,
+    in the test's transaction only (tests/support/transaction.py), so take_due() is exact."""
+    take_due()
+
+
+def claim(delivery_id: str) -> DeliveryClaim:
+>>>>>>> wt32
     """A worker takes the published delivery for an attempt."""
     with session_scope() as session:
         taken = webhook_deliveries.claim(session, id=delivery_id, lease_s=60)
@@ -270,6 +282,7 @@ def the(prediction_id: str, event: str) -> str:
     return delivery_id
 
 
+@pytest.mark.usefixtures("only_its_own")
 def test_a_predictions_next_delivery_waits_until_the_one_before_ends() -> None:
     """One at a time, in the order written, whatever holds the one before (a message out, an
     attempt on); another prediction's deliveries go meanwhile."""
@@ -278,40 +291,41 @@ def test_a_predictions_next_delivery_waits_until_the_one_before_ends() -> None:
     start, output = the(streamed, "start"), stream(streamed, "Once")
     finish(other, PredictionStatus.SUCCEEDED, output="ok")
     assert status_of(start, output) == ["pending", "waiting"]
-    due = take_due()
-    assert {start, the(other, "completed")} <= due and output not in due
+    assert take_due() == {start, the(other, "completed")}
     taken = claim(start)
-    assert output not in take_due()
+    assert take_due() == set()
     record(taken, DeliveryStatus.SUCCEEDED)
-    assert status_of(output) == ["pending"] and output in take_due()
+    assert status_of(output) == ["pending"] and take_due() == {output}
     taken = claim(output)
     finish(streamed, PredictionStatus.SUCCEEDED, output="Once upon a time")
     completed = the(streamed, "completed")
     assert status_of(output, completed) == ["delivering", "waiting"]  # never overtaken
-    assert completed not in take_due()
+    assert take_due() == set()
     record(taken, DeliveryStatus.SUCCEEDED)
-    assert completed in take_due()
+    assert take_due() == {completed}
 
 
+@pytest.mark.usefixtures("only_its_own")
 def test_a_delivery_waiting_for_its_retry_holds_back_the_next_until_it_ends() -> None:
     prediction_id = create(["start", "completed"])
     run(prediction_id)
     finish(prediction_id, PredictionStatus.SUCCEEDED, output="ok")
     start, completed = the(prediction_id, "start"), the(prediction_id, "completed")
-    assert start in take_due()
+    assert take_due() == {start}
     attempt(start, DeliveryStatus.PENDING, retry_in_s=60)
     assert status_of(start, completed) == ["pending", "waiting"]
-    assert completed not in take_due()
+    assert take_due() == set()
     with session_scope() as session:  # the dispatcher sleeps until a due one, never 0 s
         wait_s = webhook_deliveries.seconds_until_due(session)
-    assert wait_s is None or wait_s > 0
+    assert wait_s is not None and 0 < wait_s <= 60  # start's retry, or another test's sooner
     with session_scope() as session:
         session.get_one(WebhookDelivery, start).next_attempt_at = func.now()  # the backoff ends
-    assert take_due() & {start, completed} == {start}
+    assert take_due() == {start}
     attempt(start, DeliveryStatus.FAILED)  # out of attempts: the next goes all the same
-    assert completed in take_due()
+    assert take_due() == {completed}
 
 
+@pytest.mark.usefixtures("only_its_own")
 def test_superseded_progress_deliveries_are_skipped_never_start_or_completed() -> None:
     prediction_id = create()
     run(prediction_id)
@@ -334,7 +348,7 @@ def test_superseded_progress_deliveries_are_skipped_never_start_or_completed() -
     completed = the(prediction_id, "completed")
     assert status_of(start, second, completed, logs) == ["pending", "skipped", "waiting", "skipped"]
     attempt(start, DeliveryStatus.SUCCEEDED)
-    assert completed in take_due()
+    assert take_due() == {completed}
     with session_scope() as session:
         row = session.get_one(WebhookDelivery, second)
         assert (row.last_error, row.attempts) == (webhook_deliveries.SUPERSEDED, 0)
@@ -352,6 +366,7 @@ def test_a_superseded_progress_delivery_that_fails_is_skipped_not_retried() -> N
     assert status_of(first, second) == ["skipped", "pending"]
 
 
+@pytest.mark.usefixtures("only_its_own")
 def test_without_completed_the_last_progress_delivery_is_sent() -> None:
     """Only `completed` supersedes every progress delivery: a webhook that does not want it
     still gets the last `output`, written with the final status."""
@@ -369,7 +384,7 @@ def test_without_completed_the_last_progress_delivery_is_sent() -> None:
         last = webhook_deliveries.add_recorded(
             session, prediction_id=prediction_id, event=WebhookEvent.OUTPUT
         )
-    assert last is not None and last in take_due()
+    assert last is not None and take_due() == {last}
     assert status_of(streamed, last) == ["skipped", "pending"]
 
 
@@ -464,6 +479,7 @@ def test_a_streamed_output_that_raced_the_final_transaction_is_skipped() -> None
     assert status_of(logs, late_id) == ["pending", "skipped"]
 
 
+@pytest.mark.usefixtures("only_its_own")
 def test_a_redelivery_waits_for_the_unfinished_delivery_before_it() -> None:
     prediction_id = create(["completed"])
     finish(prediction_id, PredictionStatus.SUCCEEDED, output="ok")
@@ -472,10 +488,10 @@ def test_a_redelivery_waits_for_the_unfinished_delivery_before_it() -> None:
         copy = webhook_deliveries.redeliver(session, prediction_id=prediction_id)
         assert copy is not None and copy.status == "waiting"
         copy_id = copy.id
-    assert completed in take_due() and copy_id not in take_due()
+    assert take_due() == {completed} and take_due() == set()
     attempt(completed, DeliveryStatus.PENDING, retry_in_s=60)
     assert status_of(copy_id) == ["waiting"]
     with session_scope() as session:
         session.get_one(WebhookDelivery, completed).next_attempt_at = func.now()
     attempt(completed, DeliveryStatus.SUCCEEDED)
-    assert copy_id in take_due()
+    assert take_due() == {copy_id}

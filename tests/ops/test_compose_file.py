@@ -209,6 +209,7 @@ def test_worker_can_scale(services: dict[str, dict[str, Any]]) -> None:
 def test_depends_on_names_existing_services_with_sound_conditions(
     services: dict[str, dict[str, Any]],
 ) -> None:
+    conditions: set[str] = set()
     for name, service in services.items():
         depends_on = service.get("depends_on", {})
         if isinstance(depends_on, list):
@@ -217,12 +218,15 @@ def test_depends_on_names_existing_services_with_sound_conditions(
             assert dependency in services, f"{name} depends on unknown service {dependency}"
             assert dependency != name
             condition = options.get("condition", "service_started")
+            conditions.add(condition)
             if condition == "service_healthy":
                 assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
             if condition == "service_completed_successfully":
                 assert services[dependency].get("restart", "no") == "no", (
                     f"{dependency} is waited on to complete, so it must not restart"
                 )
+    # Both checks above ran: something waits for a healthy service and for a finished one.
+    assert {"service_healthy", "service_completed_successfully"} <= conditions
 
 
 def test_migrate_runs_once_before_api_and_workers(services: dict[str, dict[str, Any]]) -> None:

@@ -348,6 +348,10 @@ def test_every_reference_resolves(rendered: dict[str, list[dict[str, Any]]], ove
                 env_values(objects, entry)  # asserts the ConfigMap or Secret has the key
             assert "envFrom" not in spec, "each container gets only what compose gives it"
     pods = [(w, pod_template(w)["metadata"]["labels"]) for w in workloads(objects)]
+    # Each check below is for one kind: the overlay has it, so the check is never skipped.
+    checked = {"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    keda = {"ScaledObject", "TriggerAuthentication"}  # the trial scales without KEDA
+    assert {o["kind"] for o in objects} >= checked | (keda if overlay == "production" else set())
     for obj in objects:
         if obj["kind"] == "Service":
             (target,) = [w for w, labels in pods if selects(obj["spec"]["selector"], labels)]
@@ -431,9 +435,11 @@ def mebibytes(quantity: str) -> int:
 def test_settings_fit_the_resources(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """What a process takes for itself (processes, threads, the model budget) fits its limits."""
     objects = rendered["production"]
+    checked: set[str] = set()
     for workload in workloads(objects):
         for spec in pod_template(workload)["spec"]["containers"]:
             env = {e["name"]: env_values(objects, e)[1] for e in spec.get("env", [])}
+            checked |= env.keys()
             limits = spec["resources"]["limits"]
             if "API_WORKERS" in env:
                 assert int(env["API_WORKERS"]) == cpus(limits["cpu"])
@@ -442,6 +448,8 @@ def test_settings_fit_the_resources(rendered: dict[str, list[dict[str, Any]]]) -
             if "QUERN_WORKER_MODEL_MEMORY_MB" in env:
                 budget = int(env["QUERN_WORKER_MODEL_MEMORY_MB"])
                 assert budget * 2 <= mebibytes(limits["memory"])
+    # Each setting above is checked where it is set: somewhere, or its check never ran.
+    assert {"API_WORKERS", "OMP_NUM_THREADS", "QUERN_WORKER_MODEL_MEMORY_MB"} <= checked
     gpu = find(objects, "Deployment", "quern-worker-gpu")
     resources = container(gpu, "worker")["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1

@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from db.storable import MAX_DEPTH
 from models.base import PredictionError
 from tests.support.helpers import create_prediction_row, create_version
@@ -183,6 +185,7 @@ def test_a_redelivered_message_runs_only_the_ids_not_yet_recorded(runtime: Stand
     assert [load(id).attempts for id in (done, fresh)] == [1, 1]
 
 
+@pytest.mark.slow  # waits out three 2 s batch windows
 def test_an_idle_model_runs_a_lone_prediction_without_waiting_out_the_window(
     runtime: StandInRuntime,
 ) -> None:

@@ -181,6 +181,7 @@ def listening(runtime: StandInRuntime) -> None:
 
 
 @pytest.mark.usefixtures("listening")
+@pytest.mark.slow  # the other prediction runs its 3 s to the end
 def test_cancel_during_a_run_stops_the_model_at_its_next_step(runtime: StandInRuntime) -> None:
     runtime.use(Stepper)
     version = create_version(max_batch_size=4, max_batch_wait_ms=0)

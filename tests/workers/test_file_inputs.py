@@ -79,7 +79,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         get_guard_settings(), "allowed_networks", [ipaddress.ip_network("127.0.0.1/32")]
     )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    # A short poll: shutdown() waits it out (by default half a second, every test).
+    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
 

@@ -288,6 +288,7 @@ def statuses(prediction_id: str) -> list[tuple[str, str]]:
     return [(d.delivery.event, d.delivery.status) for d in log]
 
 
+@pytest.mark.slow  # a receiver that answers each in a second
 def test_a_predictions_deliveries_go_one_at_a_time_in_the_order_written(
     receiver: Receiver,
 ) -> None:
@@ -340,6 +341,7 @@ def test_a_retried_delivery_holds_back_the_next_and_superseded_progress_is_skipp
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # a receiver that answers in 1.5 s, twice
 def test_a_slow_receiver_holds_up_only_its_own_predictions_webhooks(receiver: Receiver) -> None:
     slow = create(receiver.script("/slow-one", Answer(200, delay_s=1.5)), ["start", "completed"])
     fast = create(receiver.url("/fast-one"), ["start", "completed"])
