@@ -221,9 +221,6 @@ def take_due() -> set[str]:
         return set(webhook_deliveries.take_due(session, limit=10_000))
 
 
-<<<<<<< HEAD
-def claim(delivery_id: str) -> Claim:
-=======
 @pytest.fixture
 def only_its_own(rolled_back: object) -> None:
     """The test's deliveries alone are due: what earlier tests left due is marked published,
@@ -231,8 +228,7 @@ def only_its_own(rolled_back: object) -> None:
     take_due()
 
 
-def claim(delivery_id: str) -> DeliveryClaim:
->>>>>>> wt32
+def claim(delivery_id: str) -> Claim:
     """A worker takes the published delivery for an attempt."""
     with session_scope() as session:
         taken = webhook_deliveries.claim(session, id=delivery_id, lease_s=60)
