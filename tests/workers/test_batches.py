@@ -211,20 +211,20 @@ def test_items_that_queued_behind_a_running_batch_do_not_wait_out_the_window_aga
 
     def handle(batch: list[Pending[str]]) -> None:
         groups.append(([pending.item for pending in batch], time.monotonic()))
-        time.sleep(1.5 if len(groups) == 1 else 0)
+        time.sleep(0.8 if len(groups) == 1 else 0)
         for pending in batch:
             pending.future.set_result(None)
 
-    batcher = Batcher("window", handle, max_size=8, max_wait_s=1.0)
+    batcher = Batcher("window", handle, max_size=8, max_wait_s=0.5)
     first = [batcher.submit(item) for item in "ab"]
-    time.sleep(1.3)  # the first group is running
+    time.sleep(0.7)  # the first group is running
     late = batcher.submit("c")
     for future in [*first, late]:
         future.result(timeout=10)
     (a, first_started), (c, second_started) = groups
     assert (a, c) == (["a", "b"], ["c"])
-    # "c" waited 1.2 s behind the first group: it goes as that one ends, not a window later.
-    assert second_started - first_started < 1.5 + 0.7
+    # "c" waited 0.6 s behind the first group: it goes as that one ends, not a window later.
+    assert second_started - first_started < 0.8 + 0.4
 
 
 def test_identical_inputs_in_one_batch_of_a_caching_version_are_computed_once(
