@@ -20,6 +20,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import Notify
@@ -75,12 +76,7 @@ class Listener:
         fails, the connection or the owner's work, starts over on a new connection."""
         while not stopping.is_set():
             try:
-                with psycopg.connect(
-                    self._url(),
-                    autocommit=True,
-                    application_name=process_label(),
-                    connect_timeout=5,
-                ) as conn:
+                with psycopg.connect(**self._connection()) as conn:
                     for channel in self.channels:
                         conn.execute(f"LISTEN {channel}")
                     self._connected()
@@ -99,12 +95,7 @@ class Listener:
         try:
             while True:
                 try:
-                    async with await psycopg.AsyncConnection.connect(
-                        self._url(),
-                        autocommit=True,
-                        application_name=process_label(),
-                        connect_timeout=5,
-                    ) as conn:
+                    async with await psycopg.AsyncConnection.connect(**self._connection()) as conn:
                         for channel in self.channels:
                             await conn.execute(f"LISTEN {channel}")
                         self._connected()
@@ -115,8 +106,15 @@ class Listener:
         finally:
             self.connected = False
 
-    def _url(self) -> str:
-        return self.url or get_database_settings().libpq_url
+    def _connection(self) -> dict[str, Any]:
+        """Arguments to connect with: autocommit (LISTEN takes effect at once), this process's
+        name, and a bound on connecting (an unreachable host would hang for minutes)."""
+        return {
+            "conninfo": self.url or get_database_settings().libpq_url,
+            "autocommit": True,
+            "application_name": process_label(),
+            "connect_timeout": 5,
+        }
 
     def _connected(self) -> None:
         if self._failures:

@@ -13,14 +13,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("api", "workers", "common", "db", "models", "scripts", "bench")
 
 
+def in_a_fresh_interpreter(code: str) -> None:
+    """Run `code` in a new Python process (what it imports is then all its own); it must pass."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_importing_the_api_does_not_import_torch() -> None:
     code = (
         "import sys, api.main\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY})\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    in_a_fresh_interpreter(code)
 
 
 def test_a_worker_starts_without_torch_so_cuda_is_touched_only_where_models_run() -> None:
@@ -33,8 +38,7 @@ def test_a_worker_starts_without_torch_so_cuda_is_touched_only_where_models_run(
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY})\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    in_a_fresh_interpreter(code)
 
 
 def test_the_celery_app_only_configures_and_a_worker_start_connects_what_starts_threads() -> None:
@@ -54,8 +58,7 @@ def test_the_celery_app_only_configures_and_a_worker_start_connects_what_starts_
         "assert all(f in connected for f in wanted), connected\n"
         "assert threading.active_count() == 1, threading.enumerate()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    in_a_fresh_interpreter(code)
 
 
 def test_the_workers_serve_the_contract_the_api_sends_to() -> None:
@@ -144,8 +147,7 @@ def test_a_webhooks_worker_never_imports_torch() -> None:
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "assert not loaded, loaded\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    in_a_fresh_interpreter(code)
 
 
 def test_the_tests_live_in_folders_named_for_what_they_test() -> None:

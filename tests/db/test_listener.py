@@ -30,11 +30,9 @@ def _kill_listener(channel: str) -> int:
     return len(rows)
 
 
-def test_a_thread_listener_reconnects_after_its_connection_is_killed() -> None:
-    channel = f"quern_test_{uuid.uuid4().hex[:12]}"
-    events: list[str] = []
-    heard: list[str] = []
-    listener = Listener(
+def noting(channel: str, events: list[str]) -> Listener:
+    """A listener on `channel` that notes its connects and disconnects, reconnecting fast."""
+    return Listener(
         "test listener",
         [channel],
         on_connect=lambda: events.append("connect"),
@@ -42,6 +40,13 @@ def test_a_thread_listener_reconnects_after_its_connection_is_killed() -> None:
         reconnect_base_s=0.1,
         reconnect_cap_s=0.1,
     )
+
+
+def test_a_thread_listener_reconnects_after_its_connection_is_killed() -> None:
+    channel = f"quern_test_{uuid.uuid4().hex[:12]}"
+    events: list[str] = []
+    heard: list[str] = []
+    listener = noting(channel, events)
     stopping = threading.Event()
     thread = threading.Thread(
         target=listener.run,
@@ -80,14 +85,7 @@ def test_an_asyncio_listener_reconnects_after_its_connection_is_killed() -> None
         heard.append(notice.payload)
 
     async def run() -> None:
-        listener = Listener(
-            "test listener",
-            [channel],
-            on_connect=lambda: events.append("connect"),
-            on_disconnect=lambda: events.append("disconnect"),
-            reconnect_base_s=0.1,
-            reconnect_cap_s=0.1,
-        )
+        listener = noting(channel, events)
         task = asyncio.create_task(listener.arun(handle))
         try:
             await until(lambda: listener.connected, "the first connection")
