@@ -7,10 +7,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 HEAVY = "{'torch', 'transformers', 'diffusers'}"
 ROOT = Path(__file__).resolve().parent.parent
 # The project's own top-level packages: the import graph is drawn between their modules.
 PACKAGES = ("api", "workers", "common", "db", "models", "scripts", "bench")
+
+
+# A fresh interpreter importing the whole app takes seconds: these run in `make test`, not in
+# the fast lane.
+SLOW = pytest.mark.slow
 
 
 def in_a_fresh_interpreter(code: str) -> None:
@@ -19,6 +26,7 @@ def in_a_fresh_interpreter(code: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@SLOW
 def test_importing_the_api_does_not_import_torch() -> None:
     code = (
         "import sys, api.main\n"
@@ -28,6 +36,7 @@ def test_importing_the_api_does_not_import_torch() -> None:
     in_a_fresh_interpreter(code)
 
 
+@SLOW
 def test_a_worker_starts_without_torch_so_cuda_is_touched_only_where_models_run() -> None:
     """Models load lazily in the task threads of the process that runs them: nothing at start
     (or in a parent that could fork) imports torch, let alone initialises CUDA."""
@@ -41,6 +50,7 @@ def test_a_worker_starts_without_torch_so_cuda_is_touched_only_where_models_run(
     in_a_fresh_interpreter(code)
 
 
+@SLOW
 def test_the_celery_app_only_configures_and_a_worker_start_connects_what_starts_threads() -> None:
     """Importing workers.celery_app starts no thread; the handlers that build the runtime and
     start the sweeper or dispatcher (workers/lifecycle.py) are connected by the modules a worker
@@ -136,6 +146,7 @@ def test_no_import_cycles() -> None:
     assert not cycles, cycles
 
 
+@SLOW
 def test_a_webhooks_worker_never_imports_torch() -> None:
     """It runs the workers' Celery app (every task module) but only delivers webhooks."""
     code = (
