@@ -9,7 +9,6 @@ MAX_IDS_PER_MESSAGE ids each, so under load a message costs a fraction of a crea
 import logging
 import threading
 import time
-from collections import defaultdict
 from functools import lru_cache
 from queue import Empty, SimpleQueue
 from typing import NamedTuple
@@ -18,7 +17,7 @@ from celery import Celery
 
 from api.settings import get_api_settings
 from common import log_format
-from common.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
+from common.contract import RUN_PREDICTION_TASK, prediction_messages
 from common.relay import publish_or_unmark
 from db.repositories import predictions
 from db.session import session_scope
@@ -91,32 +90,27 @@ def publish(items: list[Queued]) -> None:
     """One message per (version, queue) and MAX_IDS_PER_MESSAGE ids. A message that cannot be
     sent (Redis down) leaves its rows marked not enqueued (common/relay.py): the workers'
     sweeper sends them."""
-    groups: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
-    for item in items:
-        groups[item.version_id, item.hardware].append(item.prediction_id)
-    for (version_id, hardware), ids in groups.items():
-        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
-            chunk = ids[start : start + MAX_IDS_PER_MESSAGE]
-            with log_format.log_context(prediction_ids=chunk):
-                _send(chunk, version_id, hardware)
+    for version_id, queue, chunk in prediction_messages(items):
+        with log_format.log_context(prediction_ids=chunk):
+            _send(chunk, version_id, queue)
 
 
-def _send(ids: list[str], version_id: str, hardware: str) -> None:
+def _send(ids: list[str], version_id: str, queue: str) -> None:
     def failed(unsent: list[str], exc: Exception) -> None:
         log.error(
             "could not enqueue predictions %s; they stay starting", " ".join(unsent), exc_info=exc
         )
 
-    if not publish_or_unmark([((version_id, hardware), ids)], _publish, _unmark, failed=failed):
+    if not publish_or_unmark([((version_id, queue), ids)], _publish, _unmark, failed=failed):
         log.debug("queued %d predictions of version %s", len(ids), version_id)
 
 
-def _publish(version_and_hardware: tuple[str, str], ids: list[str]) -> None:
-    version_id, hardware = version_and_hardware
+def _publish(version_and_queue: tuple[str, str], ids: list[str]) -> None:
+    version_id, queue = version_and_queue
     get_client().send_task(
         RUN_PREDICTION_TASK,
         args=[ids, version_id],
-        queue=prediction_queue(hardware),
+        queue=queue,
         ignore_result=True,
     )
 

@@ -7,6 +7,9 @@ Server-Sent Events (api/services/streams.py). tests/test_architecture.py checks 
 other module of api/ or workers/ spells these names itself.
 """
 
+from collections import defaultdict
+from collections.abc import Iterable
+
 # args [prediction_ids, version_id]: ids of one version, at most MAX_IDS_PER_MESSAGE of them
 # (a plain str id is accepted too: messages of an older API).
 RUN_PREDICTION_TASK = "quern.predictions.run"
@@ -22,6 +25,21 @@ def prediction_queue(hardware: str) -> str:
     """One queue per hardware class: a GPU worker takes only what needs a GPU, and a version is
     never loaded on a machine that cannot run it."""
     return f"predictions.{hardware}"
+
+
+def prediction_messages(
+    items: Iterable[tuple[str, str, str]],
+) -> list[tuple[str, str, list[str]]]:
+    """The messages that carry (prediction id, version id, hardware) items: (version id, queue,
+    ids), one per version and queue, at most MAX_IDS_PER_MESSAGE ids each, in order."""
+    groups: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+    for prediction_id, version_id, hardware in items:
+        groups[version_id, hardware].append(prediction_id)
+    return [
+        (version_id, prediction_queue(hardware), ids[start : start + MAX_IDS_PER_MESSAGE])
+        for (version_id, hardware), ids in groups.items()
+        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE)
+    ]
 
 
 def events_key(prediction_id: str) -> str:

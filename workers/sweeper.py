@@ -14,13 +14,12 @@ was lost): one per version, up to MAX_IDS_PER_MESSAGE ids each.
 import contextlib
 import logging
 import threading
-from collections import defaultdict
 
 import redis
 from celery import Celery
 from sqlalchemy import func, select
 
-from common.contract import MAX_IDS_PER_MESSAGE, RUN_PREDICTION_TASK, prediction_queue
+from common.contract import RUN_PREDICTION_TASK, prediction_messages
 from common.relay import publish_or_unmark
 from db.repositories import files, idempotency_keys, predictions
 from db.session import session_scope
@@ -76,13 +75,11 @@ def sweep(app: Celery, settings: WorkerSettings, broker: redis.Redis) -> int:
     done_with = [m.tag for m in delivered if held.isdisjoint(m.prediction_ids)]
     with contextlib.suppress(redis.RedisError):  # if not now, the next sweep finds them again
         orphans.forget(broker, done_with)
-    groups: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
-    for item in due:
-        groups[item.version_id, item.hardware].append(item.id)
     chunks = [
-        ((version_id, prediction_queue(hardware)), ids[start : start + MAX_IDS_PER_MESSAGE])
-        for (version_id, hardware), ids in groups.items()
-        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE)
+        ((version_id, queue), ids)
+        for version_id, queue, ids in prediction_messages(
+            (item.id, item.version_id, item.hardware) for item in due
+        )
     ]
 
     def send(version_and_queue: tuple[str, str], chunk: list[str]) -> None:
