@@ -4,28 +4,30 @@ Why not `transformers`' own ContinuousBatchingManager (`generate_batch`)? It run
 here, but greedy or sampled decoding and the seed are fixed per manager, not per request; an
 error in a step fails every request of that step; and it owns its loop and thread, so the
 worker's hooks (cancel flags, streaming, the compute lock) could not run between its steps.
-This is the plain way instead, as TGI does it: the running rows share one left-padded
-`DynamicCache`; newcomers are prefilled on their own (their first token is their time to first
-token) and their cache is padded and concatenated to the running one; a row that ends is
-dropped from it, and padding no row needs any more is cut off. Each step is one forward pass
-of one token per row, with its own position and attention mask, so every row computes what
-`generate` would compute for it alone. Each row samples with its own temperature, top-p and
-seed.
+
+Each step is one forward pass for every row: the running rows' last tokens and the newcomers'
+whole prompts, packed side by side in one sequence (as vLLM packs them). A newcomer's prefill
+costs no pass of its own: on a small model a pass costs about the same for 16 tokens as for 60
+(reading the weights dominates), so prefilling newcomers apart, as padded batches must, ran
+about two passes per finished row in a closed loop and halved the throughput. Each row owns a
+slot of the cache (SlotCache, written in place: nothing is copied per step, and a row that ends
+just frees its slot) and attends only to its own (`rows_attention`, registered with
+transformers as an attention implementation), so a row computes what `generate` would compute
+for it alone. Each row samples with its own temperature, top-p and seed.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from models.base import PredictionError, is_out_of_memory
 from models.text_generation import MAX_PROMPT_TOKENS, RowText, prompt_too_long
-
-T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -39,6 +41,9 @@ class Row:
     generator: torch.Generator | None
     text: RowText
     steps: int = 0  # tokens sampled (its end token included)
+    slot: int = -1  # its place in the batch's cache
+    cached: int = 0  # tokens in its cache: the next token's position
+    feed: list[int] = field(default_factory=list)  # the next step's input: prompt, then last
     pending: str = ""  # text to stream that was not taken yet
 
     @property
@@ -59,179 +64,243 @@ class Row:
         return self.text.final(), len(self.text.tokens)
 
     def _add(self, token: int) -> None:
+        self.cached += len(self.feed)
+        self.feed = [token]
         self.steps += 1
         self.pending += self.text.add(token)
 
 
-@dataclass(eq=False)
-class StepBatch:
-    """The running rows of one model and their shared cache. Not thread-safe: one engine
-    thread calls it."""
+ATTENTION = "quern_rows"
 
-    model: Any
-    rows: list[Row] = field(default_factory=list)
-    cache: DynamicCache | None = None
-    mask: torch.Tensor | None = None  # [rows, cached tokens]: 0 for left padding
-    positions: torch.Tensor | None = None  # [rows]: the next token's position
-    last: torch.Tensor | None = None  # [rows]: the last token, the next step's input
 
-    def admit(self, rows: list[Row]) -> dict[Row, BaseException]:
-        """Prefill `rows` and add them to the batch, each with its first token. A group that
-        raises is split in halves until the culprit is alone: the failures are returned, the
-        others join."""
-        return isolating(rows, self._prefill_and_join)
+@dataclass(frozen=True)
+class Layout:
+    """Where a step's packed tokens are cached and what each attends to. Rows own slots of the
+    cache (its first dimension); a row's token at position p is cached in column p."""
 
-    def step(self) -> dict[Row, BaseException]:
-        """One token for every running row. A step that raises anything but out of memory
-        (which is the caller's to handle: admit fewer) is run again row by row: the rows that
-        still fail are removed and returned."""
-        if not self.rows:
-            return {}
-        try:
-            self._step()
-            return {}
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise
-        alone = [self._take([i]) for i in range(len(self.rows))]
-        failed: dict[Row, BaseException] = {}
-        self._become(StepBatch(self.model))
-        for single in alone:
-            try:
-                single._step()
-                self._join(single)
-            except Exception as exc:
-                failed[single.rows[0]] = exc
-        return failed
+    slots: torch.Tensor  # [tokens]: each packed token's slot
+    columns: torch.Tensor  # [tokens]: and its column (its position)
+    width: int  # the columns any slot uses after the step
+    used: int  # the slots below this one may be in use
+    decoding: torch.Tensor  # [rows of one token]: their packed token
+    decoding_slots: torch.Tensor  # and their slots
+    decode_mask: torch.Tensor  # [used, 1, 1, width]: the columns each slot attends to
+    prefills: list[tuple[int, int, int]]  # (slot, first packed token, tokens) of each prompt
 
-    def remove(self, rows: Sequence[Row]) -> None:
-        gone = {id(row) for row in rows}
-        keep = [i for i, row in enumerate(self.rows) if id(row) not in gone]
-        if len(keep) < len(self.rows):
-            self._become(self._take(keep))
 
-    # --- the model --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlotKeys:
+    """One layer's cached keys (or values), [slots, heads, columns, head size], in a step."""
 
-    @torch.inference_mode()
-    def _prefill_and_join(self, rows: list[Row]) -> None:
-        width = max(len(row.prompt) for row in rows)
-        ids = torch.tensor([[0] * (width - len(r.prompt)) + r.prompt for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        device = self.model.device
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]
-        tokens = sample(logits, rows)
-        joining = StepBatch(
-            self.model, list(rows), cache, mask.to(device), positions[:, -1].to(device) + 1
+    cached: torch.Tensor
+    layout: Layout
+
+
+def rows_attention(
+    module: Any, query: torch.Tensor, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+) -> tuple[torch.Tensor, None]:
+    """`sdpa`, except in a step (keys come as SlotKeys): the rows of one token attend to their
+    own slot's columns together (one call for all of them), each prompt causally to its own."""
+    if not isinstance(key, SlotKeys):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    layout, scale = key.layout, kwargs.get("scaling")
+    keys, values = key.cached[: layout.used, :, : layout.width], value.cached
+    values = values[: layout.used, :, : layout.width]
+    out = torch.empty_like(query)
+    if len(layout.decoding):
+        queries = query.new_zeros((layout.used, query.shape[1], 1, query.shape[3]))
+        queries[layout.decoding_slots, :, 0] = query[0, :, layout.decoding].transpose(0, 1)
+        attended = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=layout.decode_mask, scale=scale, enable_gqa=True
         )
-        joining.last = torch.tensor(tokens, device=device)
-        self._join(joining)
-        for row, token in zip(rows, tokens, strict=True):
-            row._add(token)
+        out[0, :, layout.decoding] = attended[layout.decoding_slots, :, 0].transpose(0, 1)
+    for slot, first, count in layout.prefills:
+        out[:, :, first : first + count] = F.scaled_dot_product_attention(
+            query[:, :, first : first + count],
+            keys[slot : slot + 1, :, :count],
+            values[slot : slot + 1, :, :count],
+            is_causal=True,
+            scale=scale,
+            enable_gqa=True,
+        )
+    return out.transpose(1, 2).contiguous(), None
 
-    @torch.inference_mode()
-    def _step(self) -> None:
-        assert self.cache is not None and self.mask is not None
-        assert self.positions is not None and self.last is not None
-        mask = F.pad(self.mask, (0, 1), value=1)
-        # A step that raises may have grown some layers: each is put back as it was.
-        before = kv(self.cache)
-        try:
-            logits = self.model(
-                input_ids=self.last[:, None],
-                attention_mask=mask,
-                position_ids=self.positions[:, None],
-                past_key_values=self.cache,
-                use_cache=True,
-            ).logits[:, -1]
-            tokens = sample(logits, self.rows)
-        except BaseException:
-            for layer, (keys, values) in zip(layers(self.cache), before, strict=True):
-                layer.keys, layer.values = keys, values
-            raise
-        self.mask, self.positions = mask, self.positions + 1
-        self.last = torch.tensor(tokens, device=self.last.device)
-        for row, token in zip(self.rows, tokens, strict=True):
-            row._add(token)
 
-    # --- the shared cache -------------------------------------------------------------------
+AttentionInterface.register(ATTENTION, rows_attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # `generate` on the same model: as sdpa
 
-    def _join(self, other: "StepBatch") -> None:
-        """Add `other`'s rows: both caches left-padded to one length and concatenated."""
-        if not self.rows:
-            self._become(other)
-            return
-        assert self.cache is not None and self.mask is not None and other.mask is not None
-        assert other.cache is not None
-        width = max(self.mask.shape[1], other.mask.shape[1])
 
-        def padded(tensor: torch.Tensor, dim_from_end: int) -> torch.Tensor:
-            missing = width - tensor.shape[-dim_from_end]
-            return F.pad(tensor, (0, 0) * (dim_from_end - 1) + (missing, 0))
+class SlotCache:
+    """Keys and values per layer in one tensor of slots, given to the model as its cache: a
+    step writes its packed new keys into their rows' slots and columns in place, so nothing is
+    copied per step (it grows by doubling), and a failed step leaves nothing a row can see."""
 
-        joined = [
-            (torch.cat([padded(k, 2), padded(k2, 2)]), torch.cat([padded(v, 2), padded(v2, 2)]))
-            for (k, v), (k2, v2) in zip(kv(self.cache), kv(other.cache), strict=True)
-        ]
-        self._become(
-            StepBatch(
-                self.model,
-                self.rows + other.rows,
-                DynamicCache(ddp_cache_data=joined),
-                torch.cat([padded(self.mask, 1), padded(other.mask, 1)]),
-                torch.cat([_known(self.positions), _known(other.positions)]),
-                torch.cat([_known(self.last), _known(other.last)]),
-            )
+    def __init__(self, layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+        self.layout: Layout | None = None  # the step's
+
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[SlotKeys, SlotKeys]:
+        assert self.layout is not None
+        self.keys[layer_idx] = _written(self.keys[layer_idx], keys, self.layout)
+        self.values[layer_idx] = _written(self.values[layer_idx], values, self.layout)
+        return (
+            SlotKeys(_known(self.keys[layer_idx]), self.layout),
+            SlotKeys(_known(self.values[layer_idx]), self.layout),
         )
 
-    def _take(self, indices: list[int]) -> "StepBatch":
-        """A batch of the rows at `indices`, without the padding none of them needs."""
-        if not indices:
-            return StepBatch(self.model)
-        assert self.cache is not None and self.mask is not None
-        at = torch.tensor(indices, device=self.mask.device)
-        mask = self.mask[at]
-        start = int((mask.sum(0) > 0).int().argmax())  # the first column a row uses
-        kept = [(keys[at, :, start:], values[at, :, start:]) for keys, values in kv(self.cache)]
-        return StepBatch(
-            self.model,
-            [self.rows[i] for i in indices],
-            DynamicCache(ddp_cache_data=kept),
-            mask[:, start:],
-            _known(self.positions)[at],
-            _known(self.last)[at],
+
+def _written(cached: torch.Tensor | None, new: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """`new` ([1, heads, tokens, head size]) written at the layout's slots and columns, in
+    `cached` or, when it is too small, in a copy twice as large."""
+    slots, columns = layout.used, layout.width
+    if cached is None or cached.shape[0] < slots or cached.shape[2] < columns:
+        have = (0, 0) if cached is None else (cached.shape[0], cached.shape[2])
+        shape = (
+            max(slots, have[0]),
+            new.shape[1],
+            max(64, have[1], 1 << (columns - 1).bit_length()),
         )
-
-    def _become(self, other: "StepBatch") -> None:
-        self.rows, self.cache, self.mask = other.rows, other.cache, other.mask
-        self.positions, self.last = other.positions, other.last
-
-
-def layers(cache: DynamicCache) -> list[DynamicLayer]:
-    """The cache's layers: full attention only (a sliding window or a linear-attention state
-    cannot be padded and concatenated this way)."""
-    found = list(cache.layers)
-    if not all(type(layer) is DynamicLayer for layer in found):
-        raise TypeError("continuous batching needs a model whose layers all attend in full")
-    return found  # type: ignore[return-value]
-
-
-def kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's keys and values, [rows, heads, tokens, head size]."""
-    return [(_known(layer.keys), _known(layer.values)) for layer in layers(cache)]
+        grown = new.new_zeros((*shape, new.shape[3]))
+        if cached is not None:
+            grown[: have[0], :, : have[1]] = cached
+        cached = grown
+    cached[layout.slots, :, layout.columns] = new[0].transpose(0, 1)
+    return cached
 
 
 def _known(tensor: torch.Tensor | None) -> torch.Tensor:
     assert tensor is not None
     return tensor
+
+
+@dataclass(eq=False)
+class StepBatch:
+    """The running rows of one model and their cache. Not thread-safe: one engine thread
+    calls it."""
+
+    model: Any
+    rows: list[Row] = field(default_factory=list)
+    cache: SlotCache | None = None
+
+    def admit(self, rows: list[Row]) -> None:
+        """Add `rows`, each in a free slot: the next step prefills them with the others' next
+        tokens."""
+        taken = {row.slot for row in self.rows}
+        free = (slot for slot in range(len(self.rows) + len(rows)) if slot not in taken)
+        for row, slot in zip(rows, free, strict=False):
+            row.slot, row.cached, row.feed = slot, 0, list(row.prompt)
+        self.rows += rows
+
+    def step(self) -> dict[Row, BaseException]:
+        """One token for every row (a newcomer's first). A step that raises anything but out of
+        memory (which is the caller's to handle: admit fewer) is run again row by row: the rows
+        that still fail are removed and returned."""
+        if not self.rows:
+            return {}
+        try:
+            self._step(self.rows)
+            return {}
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+        failed: dict[Row, BaseException] = {}
+        for row in list(self.rows):
+            try:
+                self._step([row])
+            except Exception as exc:
+                failed[row] = exc
+        self.remove(list(failed))
+        return failed
+
+    def remove(self, rows: Sequence[Row]) -> None:
+        gone = {id(row) for row in rows}
+        self.rows = [row for row in self.rows if id(row) not in gone]
+        if not self.rows:
+            self.cache = None  # its memory back
+
+    @torch.inference_mode()
+    def _step(self, rows: list[Row]) -> None:
+        """One forward pass for `rows`: their fed tokens packed in one sequence. A row advances
+        only once its token is sampled: a step that raises leaves every row as it was."""
+        full_attention_only(self.model)
+        if self.cache is None:
+            self.cache = SlotCache(self.model.config.num_hidden_layers)
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        last = []  # each row's last packed token: its logits sample the row's next token
+        prefills = []
+        for row in rows:
+            if len(row.feed) > 1:
+                prefills.append((row.slot, len(ids), len(row.feed)))
+            ids += row.feed
+            positions += range(row.cached, row.cached + len(row.feed))
+            slots += [row.slot] * len(row.feed)
+            last.append(len(ids) - 1)
+        device = self.model.device
+        self.cache.layout = layout(rows, self.rows, slots, positions, last, prefills, device)
+        logits = self.model(
+            input_ids=torch.tensor([ids], device=device),
+            # 4D, so transformers takes it as it is: rows_attention masks by slot itself.
+            attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device),
+            position_ids=torch.tensor([positions], device=device),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=torch.tensor(last, device=device),
+        ).logits[0]
+        for row, token in zip(rows, sample(logits, rows), strict=True):
+            row._add(token)
+
+
+def layout(
+    rows: list[Row],
+    running: list[Row],
+    slots: list[int],
+    positions: list[int],
+    last: list[int],
+    prefills: list[tuple[int, int, int]],
+    device: Any,
+) -> Layout:
+    """The Layout of a step of `rows` among the `running` ones."""
+    used = max(row.slot for row in running) + 1
+    lengths = [1] * used  # a slot that does not decode attends to its column 0: never to none
+    decoding = [(row.slot, at) for row, at in zip(rows, last, strict=True) if len(row.feed) == 1]
+    for row in rows:
+        if len(row.feed) == 1:
+            lengths[row.slot] = row.cached + 1
+    width = max(max(row.cached + len(row.feed) for row in rows), *lengths)
+    mask = torch.arange(width, device=device)[None] < torch.tensor(lengths, device=device)[:, None]
+    return Layout(
+        slots=torch.tensor(slots, device=device),
+        columns=torch.tensor(positions, device=device),
+        width=width,
+        used=used,
+        decoding=torch.tensor([at for _, at in decoding], dtype=torch.long, device=device),
+        decoding_slots=torch.tensor(
+            [slot for slot, _ in decoding], dtype=torch.long, device=device
+        ),
+        decode_mask=mask[:, None, None],
+        prefills=prefills,
+    )
+
+
+def full_attention_only(model: Any) -> None:
+    """Rows attend in full: a sliding window (or a linear-attention state) would need its own
+    cache and mask. Set the model to rows_attention (`generate` on it still runs as sdpa)."""
+    config = model.config
+    kinds = getattr(config, "layer_types", None)
+    windowed = (
+        any(kind != "full_attention" for kind in kinds)
+        if kinds
+        else bool(getattr(config, "sliding_window", None))
+    )
+    if windowed:
+        raise TypeError("continuous batching needs a model whose layers all attend in full")
+    if config._attn_implementation != ATTENTION:
+        model.set_attn_implementation(ATTENTION)
 
 
 def sample(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
@@ -270,16 +339,3 @@ def new_row(predictor: Any, item: dict[str, Any]) -> Row:
         generator=generator,
         text=RowText(predictor.decode, predictor.row_ends, list(item.get("stop") or ())),
     )
-
-
-def isolating(items: list[T], run: Callable[[list[T]], None]) -> dict[T, BaseException]:
-    """`run(items)`; when it raises, halves run again until each culprit is alone. Returns
-    what failed, with why."""
-    try:
-        run(items)
-        return {}
-    except Exception as exc:
-        if len(items) == 1:
-            return {items[0]: exc}
-    half = len(items) // 2
-    return isolating(items[:half], run) | isolating(items[half:], run)

@@ -3,15 +3,15 @@
 A version whose `batching` is "continuous" gets an engine in place of its batcher (the same
 `submit(id) -> Future`, so the Celery task is unchanged). Its thread loops: take the delivered
 ids there is room for (the version's `max_batch_size` running at most), claim them in one
-statement, prefill them into the running batch (models/continuous.py), then one step of one
-token for every running row. After each step, in one Redis round trip for all rows, the new
-chunks go out as events (SSE and progress webhooks as with static batching); rows flagged
-canceled, lost, past their deadline or run timeout stop there; and every row that finished is
-handed to the recorder at once, so a prediction is recorded when it ends, not when the slowest
-of its batch does. Claims, leases, heartbeats, fencing and retries are the static path's own
-(workers/batch_run.py, workers/recording.py). Out of memory makes the engine admit fewer rows
-for a while (the newest running ones retry later as a transient failure); an input that
-crashes the model fails alone.
+statement, add them to the running batch, then one step: one forward pass that prefills the
+newcomers and gives every other row its next token (models/continuous.py). After each step,
+in one Redis round trip for all rows, the new chunks go out as events (SSE and progress
+webhooks as with static batching); rows flagged canceled, lost, past their deadline or run
+timeout stop there; and every row that finished is handed to the recorder at once, so a
+prediction is recorded when it ends, not when the slowest of its batch does. Claims, leases,
+heartbeats, fencing and retries are the static path's own (workers/batch_run.py,
+workers/recording.py). Out of memory makes the engine admit fewer rows for a while (the newest
+running ones retry later as a transient failure); an input that crashes the model fails alone.
 """
 
 import json
@@ -143,20 +143,9 @@ class Engine:
                 refused.append((run, Outcome(error=describe(exc))))
         self._finish(refused)
         joining = [run for run in newcomers if run.row is not None]
-        if not joining:
-            return
         assert self._batch is not None
-        with self.runtime.compute_lock:
-            failed = self._batch.admit([run.row for run in joining if run.row is not None])
-        admitted = [run for run in joining if run.row not in failed]
-        self._running += admitted
-        metrics.GENERATED_TOKENS.labels(self.model).inc(len(admitted))  # their first tokens
-        if any(is_out_of_memory(exc) for exc in failed.values()):
-            self.capacity, self._calm_steps = max(1, len(self._running)), 0
-            log.warning("out of memory admitting rows: at most %d run together", self.capacity)
-        self._finish([(run, self._failure(run, failed[run.row])) for run in joining
-                      if run.row in failed])  # fmt: skip
-        self._after_step()
+        self._batch.admit([run.row for run in joining if run.row is not None])
+        self._running += joining  # prefilled by the next step, with the others' next tokens
 
     def _running_for(self, claim: Claim, taken: list[Pending[str]]) -> Running:
         return Running(claim, [p for p in taken if p.item == claim.id], [])

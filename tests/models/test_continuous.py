@@ -44,19 +44,19 @@ def test_rows_that_join_a_running_batch_generate_what_they_would_alone(
     alone = [predictor.predict_batch([item])[0] for item in items]
     batch = StepBatch(predictor.model)
     rows = [new_row(predictor, item) for item in items]
-    assert batch.admit(rows[:1]) == {}
+    batch.admit(rows[:1])
     for _ in range(4):
         batch.step()
-    assert batch.admit(rows[1:3]) == {}  # shorter prompts, left-padded into the cache
+    batch.admit(rows[1:3])  # prefilled by the next step, beside the running row
     for _ in range(3):
         batch.step()
         batch.remove([row for row in batch.rows if row.done])
-    assert batch.admit(rows[3:]) == {}
+    batch.admit(rows[3:])
     run_out(batch)
     for row, expected in zip(rows, alone, strict=True):
         text, count = row.output()
         assert text == expected.output and count == expected.metrics["output_token_count"]
-    assert batch.cache is None or batch.mask is None or batch.mask.shape[0] == 0
+    assert batch.cache is None  # its memory freed once no row runs
 
 
 def test_a_row_whose_step_crashes_fails_alone_and_the_others_go_on(
@@ -66,7 +66,7 @@ def test_a_row_whose_step_crashes_fails_alone_and_the_others_go_on(
     expected = [predictor.predict_batch([item])[0].output for item in items]
     rows = [new_row(predictor, item) for item in items]
     batch = StepBatch(predictor.model)
-    assert batch.admit(rows) == {}
+    batch.admit(rows)
     real_sample = continuous.sample
 
     def crashing(logits: Any, sampled: Sequence[Row]) -> list[int]:
@@ -88,7 +88,7 @@ def test_each_row_samples_with_its_own_seed(predictor: TextGenerationPredictor) 
     rows = [new_row(predictor, item | {"seed": seed}) for seed in (7, 7, 8)]
     nearly_greedy = new_row(predictor, item | {"top_p": 1e-6})  # only the best token is left
     batch = StepBatch(predictor.model)
-    assert batch.admit([*rows, nearly_greedy]) == {}
+    batch.admit([*rows, nearly_greedy])
     run_out(batch)
     texts = [row.output()[0] for row in rows]
     assert texts[0] == texts[1] != texts[2]
