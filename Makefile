@@ -41,8 +41,8 @@ run: $(STAMP) ## Start the whole system (embedded PostgreSQL + Redis unless DATA
 test: $(STAMP) $(CHROMIUM) lint ## Lint, type-check, then the whole test suite against real servers
 	$(BIN)/pytest
 
-test-fast: $(STAMP) ## Only the unit and in-process API tests (no worker processes, no models loaded)
-	$(BIN)/pytest -m "not slow" tests/api tests/db tests/models tests/workers tests/test_architecture.py
+test-fast: $(STAMP) ## The unit and in-process API tests in two processes (no live workers, no models)
+	$(BIN)/pytest -n 2 -m "not slow" tests/api tests/db tests/models tests/workers tests/test_architecture.py
 
 bench: $(STAMP) $(WRK) ## Measure Quern vs the bare model, batched vs unbatched (minutes); writes bench/RESULTS.md
 	$(BIN)/python -m bench.run

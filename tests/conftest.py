@@ -3,7 +3,9 @@
 The database server comes from QUERN_TEST_POSTGRES_URL (default: this machine's server);
 each run creates its own database and drops it at the end. In-process API tests publish to
 Redis database 14, where no worker listens; live-worker tests use database 15. Two runs on one
-machine at once need other databases: QUERN_TEST_REDIS_DBS=12,13 (API, worker).
+machine at once need other databases: QUERN_TEST_REDIS_DBS=12,13 (API, worker). Under
+pytest-xdist (make test-fast) each worker process is a run of its own: its own database, and
+worker N takes the Redis pair 2N below (gw1: 12,13).
 """
 
 import gc
@@ -20,7 +22,10 @@ SERVER_URL = os.environ.get(
     "QUERN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_BASE = os.environ.get("QUERN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-_API_DB, _WORKER_DB = os.environ.get("QUERN_TEST_REDIS_DBS", "14,15").split(",")
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_API_DB, _WORKER_DB = (
+    int(db) - 2 * _XDIST_WORKER for db in os.environ.get("QUERN_TEST_REDIS_DBS", "14,15").split(",")
+)
 API_REDIS_URL = f"{REDIS_BASE}/{_API_DB}"
 WORKER_REDIS_URL = f"{REDIS_BASE}/{_WORKER_DB}"
 DATABASE_NAME = f"quern_test_{secrets.token_hex(4)}"
