@@ -86,6 +86,7 @@ class Layout:
     decoding_slots: torch.Tensor  # and their slots
     decode_mask: torch.Tensor  # [used, 1, 1, width]: the columns each slot attends to
     prefills: list[tuple[int, int, int]]  # (slot, first packed token, tokens) of each prompt
+    decoding_only: bool  # every slot below `used` has one token, packed in slot order
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,12 @@ def rows_attention(
     layout, scale = key.layout, kwargs.get("scaling")
     keys, values = key.cached[: layout.used, :, : layout.width], value.cached
     values = values[: layout.used, :, : layout.width]
+    if layout.decoding_only:  # packed in slot order, one token a slot: no gather, no scatter
+        queries = query[0].transpose(0, 1)[:, :, None]
+        attended = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=layout.decode_mask, scale=scale, enable_gqa=True
+        )
+        return attended[None, :, :, 0], None
     out = torch.empty_like(query)
     if len(layout.decoding):
         queries = query.new_zeros((layout.used, query.shape[1], 1, query.shape[3]))
@@ -226,6 +233,7 @@ class StepBatch:
         """One forward pass for `rows`: their fed tokens packed in one sequence. A row advances
         only once its token is sampled: a step that raises leaves every row as it was."""
         full_attention_only(self.model)
+        rows = sorted(rows, key=lambda row: row.slot)  # rows_attention's fast path wants it
         if self.cache is None:
             self.cache = SlotCache(self.model.config.num_hidden_layers)
         ids: list[int] = []
@@ -284,6 +292,7 @@ def layout(
         ),
         decode_mask=mask[:, None, None],
         prefills=prefills,
+        decoding_only=len(decoding) == used and [slot for slot, _ in decoding] == list(range(used)),
     )
 
 
