@@ -677,7 +677,7 @@ def report(
             "(OMP_WAIT_POLICY=PASSIVE unless set: threads sleep while they wait, as they must on "
             f"cores shared with the API and the databases); the '{SPINNING}' run is the "
             "ceiling again in a process of its own with libgomp's default (ACTIVE), what the "
-            "model gets alone on cores it owns. Quern ran for {workload.seconds:.0f} s "
+            f"model gets alone on cores it owns. Quern ran for {workload.seconds:.0f} s "
             f"batched and {workload.seconds / 2:.0f} s unbatched. The model's own CPU per item is "
             f"the bare run's at batch {workload.in_flight} ({model_ms:.2f} ms); 'worker beyond "
             "the model' subtracts it (Quern's batches may be smaller, so this overstates "
