@@ -17,7 +17,7 @@ from celery import Celery
 
 from api.settings import get_api_settings
 from common import log_format
-from common.contract import RUN_PREDICTION_TASK, prediction_messages
+from common.contract import prediction_messages, send_predictions
 from common.relay import publish_or_unmark
 from db.repositories import predictions
 from db.session import session_scope
@@ -90,29 +90,22 @@ def publish(items: list[Queued]) -> None:
     """One message per (version, queue) and MAX_IDS_PER_MESSAGE ids. A message that cannot be
     sent (Redis down) leaves its rows marked not enqueued (common/relay.py): the workers'
     sweeper sends them."""
-    for version_id, queue, chunk in prediction_messages(items):
+    for message, chunk in prediction_messages(items):
         with log_format.log_context(prediction_ids=chunk):
-            _send(chunk, version_id, queue)
+            _send(message, chunk)
 
 
-def _send(ids: list[str], version_id: str, queue: str) -> None:
+def _send(message: tuple[str, str], ids: list[str]) -> None:
     def failed(unsent: list[str], exc: Exception) -> None:
         log.error(
             "could not enqueue predictions %s; they stay starting", " ".join(unsent), exc_info=exc
         )
 
-    if not publish_or_unmark([((version_id, queue), ids)], _publish, _unmark, failed=failed):
-        log.debug("queued %d predictions of version %s", len(ids), version_id)
+    def send(message: tuple[str, str], ids: list[str]) -> None:
+        send_predictions(get_client(), message, ids)
 
-
-def _publish(version_and_queue: tuple[str, str], ids: list[str]) -> None:
-    version_id, queue = version_and_queue
-    get_client().send_task(
-        RUN_PREDICTION_TASK,
-        args=[ids, version_id],
-        queue=queue,
-        ignore_result=True,
-    )
+    if not publish_or_unmark([(message, ids)], send, _unmark, failed=failed):
+        log.debug("queued %d predictions of version %s", len(ids), message[0])
 
 
 def _unmark(ids: list[str]) -> None:

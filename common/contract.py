@@ -9,6 +9,7 @@ other module of api/ or workers/ spells these names itself.
 
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 # args [prediction_ids, version_id]: ids of one version, at most MAX_IDS_PER_MESSAGE of them
 # (a plain str id is accepted too: messages of an older API).
@@ -29,17 +30,25 @@ def prediction_queue(hardware: str) -> str:
 
 def prediction_messages(
     items: Iterable[tuple[str, str, str]],
-) -> list[tuple[str, str, list[str]]]:
-    """The messages that carry (prediction id, version id, hardware) items: (version id, queue,
-    ids), one per version and queue, at most MAX_IDS_PER_MESSAGE ids each, in order."""
+) -> list[tuple[tuple[str, str], list[str]]]:
+    """The messages that carry (prediction id, version id, hardware) items: ((version id,
+    queue), ids), one per version and queue, at most MAX_IDS_PER_MESSAGE ids each, in order
+    (the batches common/relay.py publishes with `send_predictions`)."""
     groups: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
     for prediction_id, version_id, hardware in items:
         groups[version_id, hardware].append(prediction_id)
     return [
-        (version_id, prediction_queue(hardware), ids[start : start + MAX_IDS_PER_MESSAGE])
+        ((version_id, prediction_queue(hardware)), ids[start : start + MAX_IDS_PER_MESSAGE])
         for (version_id, hardware), ids in groups.items()
         for start in range(0, len(ids), MAX_IDS_PER_MESSAGE)
     ]
+
+
+def send_predictions(app: Any, message: tuple[str, str], ids: list[str]) -> None:
+    """Publish one RUN_PREDICTION_TASK message with Celery `app`: `message` is (version id,
+    queue), as prediction_messages gives it."""
+    version_id, queue = message
+    app.send_task(RUN_PREDICTION_TASK, args=[ids, version_id], queue=queue, ignore_result=True)
 
 
 def events_key(prediction_id: str) -> str:

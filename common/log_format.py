@@ -1,6 +1,6 @@
 """Log lines for both processes: one JSON object per line, with the ids of what it concerns.
 
-In `db` because the API and the workers both import it (and both images ship it) while they
+In `common` because the API and the workers both import it (and both images ship it) while they
 may not import each other (tests/test_architecture.py); it needs only the standard library
 and python-json-logger, so the API never pulls torch or Celery through it.
 

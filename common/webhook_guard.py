@@ -5,7 +5,7 @@ A URL passes if it is http(s) and its host resolves (once) only to public addres
 networks the operator allows (QUERN_WEBHOOK_ALLOWED_NETWORKS, e.g. "10.0.0.0/8"); cloud
 metadata addresses are refused even then. The sender connects to the checked address itself,
 never resolving the name again, so a DNS answer that changes in between (DNS rebinding)
-cannot move it. In `db` because the API and the workers both import it.
+cannot move it. In `common` because the API and the workers both import it.
 
 The deny list is explicit, not `ipaddress`'s `is_global` alone: that classification changed
 (CVE-2024-4032) and may change again; `is_global` is checked too, after the list.

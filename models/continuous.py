@@ -105,8 +105,8 @@ def rows_attention(
     if not isinstance(key, SlotKeys):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     layout, scale = key.layout, kwargs.get("scaling")
-    keys, values = key.cached[: layout.used, :, : layout.width], value.cached
-    values = values[: layout.used, :, : layout.width]
+    keys = key.cached[: layout.used, :, : layout.width]
+    values = value.cached[: layout.used, :, : layout.width]
     if layout.decoding_only:  # packed in slot order, one token a slot: no gather, no scatter
         queries = query[0].transpose(0, 1)[:, :, None]
         attended = F.scaled_dot_product_attention(
@@ -192,6 +192,9 @@ class StepBatch:
     rows: list[Row] = field(default_factory=list)
     cache: SlotCache | None = None
 
+    def __post_init__(self) -> None:
+        full_attention_only(self.model)
+
     def admit(self, rows: list[Row]) -> None:
         """Add `rows`, each in a free slot: the next step prefills them with the others' next
         tokens."""
@@ -232,7 +235,6 @@ class StepBatch:
     def _step(self, rows: list[Row]) -> None:
         """One forward pass for `rows`: their fed tokens packed in one sequence. A row advances
         only once its token is sampled: a step that raises leaves every row as it was."""
-        full_attention_only(self.model)
         rows = sorted(rows, key=lambda row: row.slot)  # rows_attention's fast path wants it
         if self.cache is None:
             self.cache = SlotCache(self.model.config.num_hidden_layers)

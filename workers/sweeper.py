@@ -14,12 +14,13 @@ was lost): one per version, up to MAX_IDS_PER_MESSAGE ids each.
 import contextlib
 import logging
 import threading
+from functools import partial
 
 import redis
 from celery import Celery
 from sqlalchemy import func, select
 
-from common.contract import RUN_PREDICTION_TASK, prediction_messages
+from common.contract import prediction_messages, send_predictions
 from common.relay import publish_or_unmark
 from db.repositories import files, idempotency_keys, predictions
 from db.session import session_scope
@@ -75,16 +76,7 @@ def sweep(app: Celery, settings: WorkerSettings, broker: redis.Redis) -> int:
     done_with = [m.tag for m in delivered if held.isdisjoint(m.prediction_ids)]
     with contextlib.suppress(redis.RedisError):  # if not now, the next sweep finds them again
         orphans.forget(broker, done_with)
-    chunks = [
-        ((version_id, queue), ids)
-        for version_id, queue, ids in prediction_messages(
-            (item.id, item.version_id, item.hardware) for item in due
-        )
-    ]
-
-    def send(version_and_queue: tuple[str, str], chunk: list[str]) -> None:
-        version_id, queue = version_and_queue
-        app.send_task(RUN_PREDICTION_TASK, args=[chunk, version_id], queue=queue)
+    messages = prediction_messages((item.id, item.version_id, item.hardware) for item in due)
 
     def failed(unsent: list[str], _: Exception) -> None:
         log.warning("sweeper: could not publish %d predictions; will try again", len(unsent))
@@ -93,7 +85,7 @@ def sweep(app: Celery, settings: WorkerSettings, broker: redis.Redis) -> int:
         with session_scope() as session:
             predictions.mark_not_enqueued(session, ids=unsent)
 
-    unsent = publish_or_unmark(chunks, send, unmark, failed=failed)
+    unsent = publish_or_unmark(messages, partial(send_predictions, app), unmark, failed=failed)
     return len(due) - len(unsent)
 
 
