@@ -1,9 +1,9 @@
-"""Each API process keeps one PostgreSQL connection that LISTENs for prediction status changes
-(migration 0002 NOTIFYs "<id> <status>" on every committed change), and wakes the requests
-waiting on a prediction: `Prefer: wait` and event streams. A thousand waiting requests cost a
-thousand asyncio events, not a thousand connections or threads, and nothing polls. The
-connection, its reconnects and their backoff are db/listener.py's; what a notice and a
-(re)connect mean here is this module's.
+"""Each API process keeps one PostgreSQL connection that LISTENs for predictions that end
+(migrations 0002 and 0013 NOTIFY "<id> <status>" on every committed terminal status), and
+wakes the requests waiting on a prediction: `Prefer: wait` and event streams. A thousand
+waiting requests cost a thousand asyncio events, not a thousand connections or threads, and
+nothing polls. The connection, its reconnects and their backoff are db/listener.py's; what a
+notice and a (re)connect mean here is this module's.
 
 The same connection hears changes to what the process caches (callers, versions: api/cache.py)
 and clears those caches; while it is down they are not trusted.

@@ -5,7 +5,7 @@ prediction from one whose worker died, and leases the queued ones this process h
 but not started yet (they wait for a batch), so that those too run elsewhere if it dies. A
 running prediction whose lease could not be renewed was taken over by another attempt (this
 process was paused, or cut off, past its lease): it is flagged lost, so the model stops it and
-nothing more of it is sent. A listener hears committed status changes from
+nothing more of it is sent. A listener hears committed terminal statuses from
 PostgreSQL (NOTIFY) and flags running predictions that were canceled, so the model stops them
 at its next step. The worker runtime (workers/runtime.py) runs both on their own threads.
 """

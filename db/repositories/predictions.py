@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from db.tables import Model, ModelVersion, Prediction, PredictionStatus, User
 
 UNFINISHED = (PredictionStatus.STARTING, PredictionStatus.PROCESSING)
-# Every committed status change is announced here as "<id> <status>" (migration 0002).
+# Every committed terminal status is announced here as "<id> <status>" (migrations 0002, 0013).
 STATUS_CHANNEL = "quern_prediction_status"
 
 
