@@ -226,3 +226,49 @@ def test_failed_sign_ins_are_limited_per_account_from_any_address(
         ).status_code
         == 200
     )
+
+
+def test_a_hit_and_its_headers_cost_one_redis_round_trip(settings, monkeypatch) -> None:
+    """The hit and the window it leaves come back in one pipeline; the numbers are limits' own
+    (its two round trips give the same), and a Redis that lost its scripts counts once."""
+    import asyncio
+
+    import redis as sync_redis
+    from limits.aio.storage import RedisStorage
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+
+    monkeypatch.setattr(settings, "rate_limit_write", "10/minute")
+    identity = new_username()
+    trips = []
+    real_command, real_pipeline = Redis.execute_command, Pipeline.execute
+
+    async def command(self, *args, **options):
+        trips.append(args[0])
+        return await real_command(self, *args, **options)
+
+    async def pipeline(self, *args, **options):
+        trips.append("pipeline")
+        return await real_pipeline(self, *args, **options)
+
+    monkeypatch.setattr(Redis, "execute_command", command)
+    monkeypatch.setattr(Pipeline, "execute", pipeline)
+
+    async def hits() -> list[rate_limits.Usage | None]:
+        usages = [await rate_limits.hit(settings, "write", identity) for _ in range(2)]
+        trips.clear()
+        usages.append(await rate_limits.hit(settings, "write", identity))
+        assert trips == ["pipeline"]
+        sync_redis.Redis.from_url(settings.redis_url).script_flush()
+        usages.append(await rate_limits.hit(settings, "write", identity))
+        storage = RedisStorage("async+" + settings.redis_url, implementation="redispy")
+        plain = SlidingWindowCounterRateLimiter(storage)
+        stats = await plain.get_window_stats(rate_limits._item("10/minute"), "write", identity)
+        assert stats.remaining == 6
+        return usages
+
+    rate_limits._limiter.cache_clear()
+    usages = asyncio.run(hits())
+    rate_limits._limiter.cache_clear()
+    assert [usage.remaining for usage in usages if usage] == [9, 8, 7, 6]
