@@ -16,7 +16,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
-from typing import cast
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -24,7 +24,9 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 from api.errors import TooManyRequests
 from api.settings import ApiSettings
@@ -61,6 +63,7 @@ class OneTripStorage(RedisStorage):
     async def acquire_sliding_window_entry(
         self, key: str, limit: int, expiry: int, amount: int = 1
     ) -> bool:
+        _left.set(None)  # whatever happens below, no earlier hit's window answers for this one
         bridge = self.bridge
         assert isinstance(bridge, RedispyBridge)  # implementation="redispy" below
         keys = [self._previous_window_key(key), self._current_window_key(key)]
@@ -91,12 +94,15 @@ class OneTripStorage(RedisStorage):
 @cache
 def _limiter(redis_url: str, loop: asyncio.AbstractEventLoop) -> SlidingWindowCounterRateLimiter:
     """One per event loop: an asyncio Redis connection belongs to the loop that opened it."""
-    # Short timeouts: a dead Redis must cost a request milliseconds, not seconds.
+    # Short timeouts and no retries: a dead or slow Redis must cost a request milliseconds,
+    # not seconds, and a hit Redis ran before its reply timed out must not count twice.
+    no_retries: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}  # limits types options narrowly
     storage = OneTripStorage(
         "async+" + redis_url,
         implementation="redispy",
         socket_connect_timeout=0.5,
         socket_timeout=0.5,
+        **no_retries,
     )
     return SlidingWindowCounterRateLimiter(storage)
 

@@ -29,6 +29,9 @@ _TERMINAL = "NEW.status IN ('succeeded', 'failed', 'canceled', 'aborted')"
 
 
 def upgrade() -> None:
+    # Replacing a trigger locks the table: behind a long transaction, fail rather than queue
+    # every request behind this migration.
+    op.execute("SET LOCAL lock_timeout = '10s'")
     op.execute("DROP TRIGGER predictions_notify_status ON predictions")
     op.execute(_TRIGGER.format(condition=f"{_CHANGED} AND {_TERMINAL}"))
 
