@@ -192,6 +192,11 @@ class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable entity"
 
+    @classmethod
+    def field(cls, name: str, reason: str) -> "Unprocessable":
+        """One invalid field: "name: reason", with the field named in `invalid_fields`."""
+        return cls(f"{name}: {reason}", invalid_fields=[{"field": name, "message": reason}])
+
 
 class TooManyRequests(ApiError):
     status = 429

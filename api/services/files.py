@@ -170,9 +170,7 @@ def _metadata(raw: str | None) -> dict[str, Any]:
         value = None
     if not isinstance(value, dict):
         reason = f"A JSON object of at most {MAX_METADATA_CHARS} characters"
-        raise Unprocessable(
-            f"metadata: {reason}", invalid_fields=[{"field": "metadata", "message": reason}]
-        )
+        raise Unprocessable.field("metadata", reason)
     return value
 
 

@@ -89,10 +89,7 @@ def _replay(tx: Transaction, user: User, key: str, request_hash: str) -> str | N
         return None
     if seen.request_hash != request_hash:
         reason = "Already used with a different request in the last 24 hours"
-        raise Unprocessable(
-            f"Idempotency-Key: {reason}",
-            invalid_fields=[{"field": "Idempotency-Key", "message": reason}],
-        )
+        raise Unprocessable.field("Idempotency-Key", reason)
     return seen.prediction_id
 
 
@@ -385,9 +382,7 @@ def _check_webhook(body: PredictionCreate) -> list[str] | None:
     try:
         webhook_guard.check(body.webhook)
     except webhook_guard.RefusedUrl as exc:
-        raise Unprocessable(
-            f"webhook: {exc}", invalid_fields=[{"field": "webhook", "message": str(exc)}]
-        ) from None
+        raise Unprocessable.field("webhook", str(exc)) from None
     return [str(event) for event in body.webhook_events_filter or ALL_EVENTS]
 
 

@@ -27,10 +27,7 @@ def create(
             if body.expires_at <= datetime.now(UTC)
             else "Must be before 9999-01-01"
         )
-        raise Unprocessable(
-            f"expires_at: {reason.lower()}",
-            invalid_fields=[{"field": "expires_at", "message": reason}],
-        )
+        raise Unprocessable.field("expires_at", reason)
     if api_tokens.count(session, user_id=user.id) >= settings.max_tokens_per_user:
         raise Conflict(
             f"You have {settings.max_tokens_per_user} API tokens, the most allowed: "
