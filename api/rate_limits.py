@@ -66,8 +66,8 @@ class OneTripStorage(RedisStorage):
         _left.set(None)  # whatever happens below, no earlier hit's window answers for this one
         bridge = self.bridge
         assert isinstance(bridge, RedispyBridge)  # implementation="redispy" below
-        keys = [self._previous_window_key(key), self._current_window_key(key)]
-        keys = [bridge.prefixed_key(k) for k in keys]
+        keys = [bridge.prefixed_key(self._previous_window_key(key)),
+                bridge.prefixed_key(self._current_window_key(key))]  # fmt: skip
         client = cast(redis.asyncio.Redis, bridge.get_connection())
         async with client.pipeline(transaction=False) as pipe:
             pipe.evalsha(bridge.lua_acquire_sliding_window.sha, 2, *keys, limit, expiry, amount)

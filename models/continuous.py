@@ -157,39 +157,30 @@ class SlotCache:
     def update(
         self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[SlotKeys, SlotKeys]:
-        assert self.layout is not None
-        self.keys[layer_idx] = _written(self.keys[layer_idx], keys, self.layout)
-        self.values[layer_idx] = _written(self.values[layer_idx], values, self.layout)
-        return (
-            SlotKeys(_known(self.keys[layer_idx]), self.layout),
-            SlotKeys(_known(self.values[layer_idx]), self.layout),
-        )
+        layout = self.layout
+        assert layout is not None
+        cached_keys = self.keys[layer_idx] = _room(self.keys[layer_idx], keys, layout)
+        cached_values = self.values[layer_idx] = _room(self.values[layer_idx], values, layout)
+        # Each packed token's row of the flat view (keys and values grow alike).
+        at = layout.slots * cached_keys.shape[1] + layout.columns
+        for cached, new in ((cached_keys, keys), (cached_values, values)):
+            cached.view(-1, *cached.shape[2:]).index_copy_(0, at, new[0].transpose(0, 1))
+        return SlotKeys(cached_keys, layout), SlotKeys(cached_values, layout)
 
 
-def _written(cached: torch.Tensor | None, new: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """`new` ([1, heads, tokens, head size]) written at the layout's slots and columns, in
-    `cached` ([slots, columns, heads, head size]) or, when it is too small, in a copy twice as
-    large."""
+def _room(cached: torch.Tensor | None, new: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """`cached` ([slots, columns, heads, head size]) if it has room for the layout's slots and
+    columns, else a copy twice as large; `new` ([1, heads, tokens, head size]) gives the rest
+    of the shape."""
     slots, columns = layout.used, layout.width
-    if cached is None or cached.shape[0] < slots or cached.shape[1] < columns:
-        have = (0, 0) if cached is None else (cached.shape[0], cached.shape[1])
-        shape = (
-            max(slots, have[0]),
-            max(64, have[1], 1 << (columns - 1).bit_length()),
-            new.shape[1],
-        )
-        grown = new.new_zeros((*shape, new.shape[3]))
-        if cached is not None:
-            grown[: have[0], : have[1]] = cached
-        cached = grown
-    flat = cached.view(-1, *cached.shape[2:])
-    flat.index_copy_(0, layout.slots * cached.shape[1] + layout.columns, new[0].transpose(0, 1))
-    return cached
-
-
-def _known(tensor: torch.Tensor | None) -> torch.Tensor:
-    assert tensor is not None
-    return tensor
+    if cached is not None and cached.shape[0] >= slots and cached.shape[1] >= columns:
+        return cached
+    have = (0, 0) if cached is None else (cached.shape[0], cached.shape[1])
+    shape = (max(slots, have[0]), max(64, have[1], 1 << (columns - 1).bit_length()), new.shape[1])
+    grown = new.new_zeros((*shape, new.shape[3]))
+    if cached is not None:
+        grown[: have[0], : have[1]] = cached
+    return grown
 
 
 @dataclass(eq=False)
