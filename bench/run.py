@@ -2,7 +2,8 @@
 
 Starts the real stack (PostgreSQL and Redis, embedded unless DATABASE_URL/REDIS_URL are set;
 the API; one worker), then measures, on this machine and in this order:
-  1. the bare models in this process at batch sizes 1, 8, 16, 32 (the ceiling);
+  1. the bare models in this process at batch sizes 1, 8, 16, 32 (the ceiling, measured
+     again right before and right after Quern's batched run: the ratio is against those);
   2. the accept path: predictions created per second with no worker running;
   3. the low-load overhead: end-to-end latency minus model time, one prediction in flight;
   4. Quern with batching and with batching off (max batch size 1), for both workloads;
@@ -16,7 +17,6 @@ overhead) come from the rows. Results are printed and written to bench/RESULTS.m
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import platform
@@ -158,14 +158,31 @@ def machine_cpu() -> float:
 # --- 1. the bare model --------------------------------------------------------------------
 
 
-def bare_model(workload: Workload, weights_ref: str, model_type: str) -> list[Run]:
-    from models import registry, weights
+class BareModel:
+    """The model alone in this process, kept loaded for the whole bench: its ceiling (batch
+    `in_flight`) is measured right before and right after Quern's batched run, so that the
+    ratio compares runs a minute apart. A shared machine's speed drifts by a third within
+    minutes; a ceiling measured before the stack started would mostly measure that drift."""
 
-    predictor = registry.create(model_type, weights.resolve(weights_ref), "cpu")
-    predictor.setup()
-    predictor.predict_batch(workload.inputs[:2])  # warm-up
-    runs = []
-    for size in workload.bare_batch_sizes:
+    def __init__(self, workload: Workload, weights_ref: str, model_type: str) -> None:
+        from models import registry, weights
+
+        self.workload = workload
+        self.predictor = registry.create(model_type, weights.resolve(weights_ref), "cpu")
+        self.predictor.setup()
+        self.predictor.predict_batch(workload.inputs[:2])  # warm-up
+
+    def sizes(self) -> list[Run]:
+        """Every batch size but the ceiling's, on the first `sample` inputs."""
+        sizes = [size for size in self.workload.bare_batch_sizes if size != self.workload.in_flight]
+        return [self.run(size, f"bare, batch {size}") for size in sizes]
+
+    def ceiling(self, when: str) -> Run:
+        """Batch `in_flight`, every input."""
+        return self.run(self.workload.in_flight, f"bare, batch {self.workload.in_flight}, {when}")
+
+    def run(self, size: int, label: str) -> Run:
+        workload = self.workload
         items = (
             workload.inputs if size == workload.in_flight else workload.inputs[: workload.sample]
         )
@@ -173,16 +190,28 @@ def bare_model(workload: Workload, weights_ref: str, model_type: str) -> list[Ru
         latencies = []
         for i in range(0, len(items), size):
             batch_started = time.perf_counter()
-            predictor.predict_batch(items[i : i + size])
+            self.predictor.predict_batch(items[i : i + size])
             latencies += [time.perf_counter() - batch_started] * len(items[i : i + size])
-        runs.append(
-            Run(f"bare, batch {size}", len(items), time.perf_counter() - started, latencies)
-        )
-        runs[-1].cpu = {"model": process_cpu(os.getpid()) - cpu_before}
-        log(f"{workload.name}: bare model at batch {size}: {runs[-1].throughput:.1f}/s")
-    del predictor
-    gc.collect()
-    return runs
+        run = Run(label, len(items), time.perf_counter() - started, latencies)
+        run.cpu = {"model": process_cpu(os.getpid()) - cpu_before}
+        log(f"{workload.name}: {label}: {run.throughput:.1f}/s")
+        return run
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The bare model at batch `in_flight`, measured before and after Quern's batched run."""
+
+    before: Run
+    after: Run
+
+    @property
+    def throughput(self) -> float:
+        return (self.before.throughput + self.after.throughput) / 2
+
+    def model_ms(self) -> float:
+        """The model's own CPU per item."""
+        return (self.before.cpu_ms("model") + self.after.cpu_ms("model")) / 2
 
 
 SPINNING = "spinning threads"
@@ -195,10 +224,10 @@ def bare_spinning(workload: Workload, weights_ref: str, model_type: str, scale: 
     cores it owns; the worker gets it too with OMP_WAIT_POLICY=ACTIVE (README)."""
     code = (
         "import dataclasses, json\n"
-        "from bench.run import bare_model, workloads\n"
+        "from bench.run import BareModel, workloads\n"
         f"w = next(w for w in workloads({scale!r}) if w.name == {workload.name!r})\n"
-        "w = dataclasses.replace(w, bare_batch_sizes=(w.in_flight,))\n"
-        f"print(json.dumps(dataclasses.asdict(bare_model(w, {weights_ref!r}, {model_type!r})[0])))"
+        f"bare = BareModel(w, {weights_ref!r}, {model_type!r})\n"
+        "print(json.dumps(dataclasses.asdict(bare.ceiling('spinning'))))"
     )
     env = os.environ | {"OMP_WAIT_POLICY": "ACTIVE"}
     done = subprocess.run(
@@ -209,6 +238,17 @@ def bare_spinning(workload: Workload, weights_ref: str, model_type: str, scale: 
     log(f"{workload.name}: bare model at batch {workload.in_flight}, {SPINNING}: "
         f"{run.throughput:.1f}/s")  # fmt: skip
     return run
+
+
+@dataclass(frozen=True)
+class Section:
+    """One workload's figures."""
+
+    workload: Workload
+    bare: list[Run]  # the other batch sizes, and the ceiling with spinning threads
+    ceiling: Ceiling
+    batched: Run
+    unbatched: Run
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -607,7 +647,7 @@ def ms(values: list[float], q: int) -> str:
 
 
 def report(
-    sections: list[tuple[Workload, list[Run], Run, Run]],
+    sections: list[Section],
     accept: Run,
     overhead: Run,
     rss: list[float],
@@ -645,20 +685,29 @@ def report(
         "| --- | --- | --- |",
     ]
     body = []
-    for workload, bare, batched, unbatched in sections:
-        ceiling = next(r for r in bare if r.label == f"bare, batch {workload.in_flight}")
-        spinning = [r for r in bare if r.label.endswith(SPINNING)]
+    for section in sections:
+        workload, ceiling, batched, unbatched = (
+            section.workload,
+            section.ceiling,
+            section.batched,
+            section.unbatched,
+        )
+        spinning = [r for r in section.bare if r.label.endswith(SPINNING)]
         against_spinning = (
-            f" (against {SPINNING}: {batched.throughput / spinning[0].throughput:.2f})"
+            f"; against {SPINNING}: {batched.throughput / spinning[0].throughput:.2f}"
             if spinning
             else ""
         )
+        apart = " / ".join(
+            f"{batched.throughput / run.throughput:.2f}" for run in (ceiling.before, ceiling.after)
+        )
         target = "≥ 0.85" if workload.name == "text-generation" else "≥ 0.6"
-        model_ms = ceiling.cpu_ms("model")
+        model_ms = ceiling.model_ms()
         lines += [
             f"| {workload.name}: Quern / ceiling (bare model at batch {workload.in_flight}, "
             "the worker's OpenMP policy) | "
-            f"{batched.throughput / ceiling.throughput:.2f}{against_spinning} | {target} |",
+            f"{batched.throughput / ceiling.throughput:.2f} ({apart} against the ceiling "
+            f"before / after{against_spinning}) | {target} |",
             f"| {workload.name}: batched / unbatched throughput | "
             f"{batched.throughput / unbatched.throughput:.2f}x | "
             f"{'≥ 3x' if workload.name == 'text-generation' else '-'} |",
@@ -672,28 +721,35 @@ def report(
             f"{workload.max_batch_size}, max wait {workload.max_batch_wait_ms} ms",
             "",
             HEADER,
-            *(row(run, "predictions") for run in [*bare, batched, unbatched]),
+            *(
+                row(run, "predictions")
+                for run in [*section.bare, ceiling.before, batched, ceiling.after, unbatched]
+            ),
             "",
-            f"Bare runs other than batch {workload.in_flight} used the first {workload.sample} "
-            "inputs (rates, not totals, are compared). They run with the worker's OpenMP policy "
-            "(OMP_WAIT_POLICY=PASSIVE unless set: threads sleep while they wait, as they must on "
+            f"The ceiling (bare model at batch {workload.in_flight}, every input) ran right before "
+            "and right after Quern's batched run, and the ratio is against their mean: this "
+            "machine's speed drifts within minutes. Bare runs of other batch sizes used the "
+            f"first {workload.sample} inputs (rates, not totals, are compared). All run with the "
+            "worker's OpenMP policy (OMP_WAIT_POLICY=PASSIVE unless set: threads sleep while they "
+            "wait, as they must on "
             f"cores shared with the API and the databases); the '{SPINNING}' run is the "
             "ceiling again in a process of its own with libgomp's default (ACTIVE), what the "
             f"model gets alone on cores it owns. Quern ran for {workload.seconds:.0f} s "
             f"batched and {workload.seconds / 2:.0f} s unbatched. The model's own CPU per item is "
-            f"the bare run's at batch {workload.in_flight} ({model_ms:.2f} ms); 'worker beyond "
+            f"the ceiling's ({model_ms:.2f} ms, the mean of both); 'worker beyond "
             "the model' subtracts it (Quern's batches may be smaller, so this overstates "
             "Quern's share a little). Server-side overhead p50/p95 (batched): "
             f"{ms(batched.server_overheads, 50)} / {ms(batched.server_overheads, 95)}.",
         ]
-    if openai is not None and sections and sections[0][0].name == "embeddings":
-        native = sections[0][2]
+    if openai is not None and sections and sections[0].workload.name == "embeddings":
+        native = sections[0].batched
         lines.append(
             "| embeddings through /openai/v1/embeddings: throughput / API CPU ms per prediction, "
             f"against /v1/predictions | {openai.throughput / native.throughput:.2f} / "
             f"{openai.cpu_ms('api'):.2f} (native: {native.cpu_ms('api'):.2f}) | - |"
         )
-        body.insert(body.index(row(native, "predictions")) + 1, row(openai, "predictions"))
+        after = body.index(row(sections[0].unbatched, "predictions"))
+        body.insert(after + 1, row(openai, "predictions"))
         body.append(
             "The OpenAI API run posts the same texts to `/openai/v1/embeddings` (one text a "
             "request), for half as long; its errors are the predictions in flight when wrk "
@@ -778,11 +834,14 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
     measured = [w for w in chosen if options.only in (None, w.name)]
     versions = {w.name: register_versions(w) for w in chosen}
 
-    bare = {}
+    bare, bare_runs = {}, {}
     for workload in measured:
         _, _, weights_ref, model_type = versions[workload.name]
-        bare[workload.name] = bare_model(workload, weights_ref, model_type)
-        bare[workload.name].append(bare_spinning(workload, weights_ref, model_type, options.scale))
+        bare[workload.name] = BareModel(workload, weights_ref, model_type)
+        bare_runs[workload.name] = bare[workload.name].sizes()
+        bare_runs[workload.name].append(
+            bare_spinning(workload, weights_ref, model_type, options.scale)
+        )
 
     stack.start_api()
     token = token_for(stack.base_url)
@@ -819,17 +878,18 @@ async def measure(stack: Stack, options: argparse.Namespace) -> str:
     sections = []
     for workload in measured:
         batched_id, unbatched_id, _, _ = versions[workload.name]
-        runs = []
-        for label, version, seconds in (
-            ("Quern, batched", batched_id, workload.seconds),
-            ("Quern, unbatched", unbatched_id, workload.seconds / 2),
-        ):
-            runs.append(
-                await wrk_run(stack, binary, token, label, version, workload.inputs,
-                              connections=workload.in_flight, seconds=seconds)
-            )  # fmt: skip
-            log(f"{workload.name}: {label}: {runs[-1].throughput:.1f}/s")
-        sections.append((workload, bare[workload.name], runs[0], runs[1]))
+        model = bare[workload.name]
+        before = model.ceiling("before")
+        batched = await wrk_run(stack, binary, token, "Quern, batched", batched_id,
+                                workload.inputs, connections=workload.in_flight,
+                                seconds=workload.seconds)  # fmt: skip
+        ceiling = Ceiling(before, model.ceiling("after"))
+        unbatched = await wrk_run(stack, binary, token, "Quern, unbatched", unbatched_id,
+                                  workload.inputs, connections=workload.in_flight,
+                                  seconds=workload.seconds / 2)  # fmt: skip
+        for run in (batched, unbatched):
+            log(f"{workload.name}: {run.label}: {run.throughput:.1f}/s")
+        sections.append(Section(workload, bare_runs[workload.name], ceiling, batched, unbatched))
     openai = None
     if options.only in (None, "embeddings"):  # the same work through the OpenAI-shaped API
         openai = await wrk_run(
