@@ -48,3 +48,26 @@ def test_upgrade_downgrade_upgrade_on_an_empty_database() -> None:
 
 def test_test_database_is_the_runs_own() -> None:
     assert make_url(DATABASE_URL).database.startswith("quern_test_")
+
+
+def test_model_data_is_never_given_to_pglz() -> None:
+    """Migration 0014: an embedding is past TOAST's 2 kB and pglz gives up on it, after the
+    work; lz4 where the server has it, else no compression."""
+    engine = create_engine(DATABASE_URL)
+    try:
+        with engine.connect() as conn:
+            lz4 = conn.execute(
+                text("SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                     "WHERE name = 'default_toast_compression'")
+            ).scalar()  # fmt: skip
+            forms = conn.execute(
+                text("SELECT attname, attcompression, attstorage FROM pg_attribute "
+                     "WHERE attrelid = 'predictions'::regclass AND attname IN ('input', 'output')")
+            ).all()  # fmt: skip
+    finally:
+        engine.dispose()
+    expected = ("l", "x") if lz4 else ("", "e")
+    assert {name: (compression, storage) for name, compression, storage in forms} == {
+        "input": expected,
+        "output": expected,
+    }
