@@ -31,18 +31,17 @@ _HAS_LZ4 = """
 
 
 def upgrade() -> None:
-    # Metadata only, but under a table lock: behind a long transaction, fail rather than queue
-    # every request behind this migration.
-    op.execute("SET LOCAL lock_timeout = '10s'")
-    lz4 = bool(op.get_bind().execute(text(_HAS_LZ4)).scalar())
-    for column in COLUMNS:
-        change = "SET COMPRESSION lz4" if lz4 else "SET STORAGE EXTERNAL"
-        op.execute(f"ALTER TABLE predictions ALTER COLUMN {column} {change}")
+    _alter(with_lz4="SET COMPRESSION lz4", without="SET STORAGE EXTERNAL")
 
 
 def downgrade() -> None:
+    _alter(with_lz4="SET COMPRESSION DEFAULT", without="SET STORAGE EXTENDED")
+
+
+def _alter(*, with_lz4: str, without: str) -> None:
+    """Metadata only, but under a table lock: behind a long transaction, fail rather than queue
+    every request behind this migration."""
     op.execute("SET LOCAL lock_timeout = '10s'")
     lz4 = bool(op.get_bind().execute(text(_HAS_LZ4)).scalar())
     for column in COLUMNS:
-        change = "SET COMPRESSION DEFAULT" if lz4 else "SET STORAGE EXTENDED"
-        op.execute(f"ALTER TABLE predictions ALTER COLUMN {column} {change}")
+        op.execute(f"ALTER TABLE predictions ALTER COLUMN {column} {with_lz4 if lz4 else without}")
