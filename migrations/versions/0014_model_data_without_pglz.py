@@ -25,7 +25,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 COLUMNS = ("input", "output")
-_HAS_LZ4 = """
+HAS_LZ4 = """
     SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'
 """
 
@@ -42,6 +42,6 @@ def _alter(*, with_lz4: str, without: str) -> None:
     """Metadata only, but under a table lock: behind a long transaction, fail rather than queue
     every request behind this migration."""
     op.execute("SET LOCAL lock_timeout = '10s'")
-    lz4 = bool(op.get_bind().execute(text(_HAS_LZ4)).scalar())
+    lz4 = bool(op.get_bind().execute(text(HAS_LZ4)).scalar())
     for column in COLUMNS:
         op.execute(f"ALTER TABLE predictions ALTER COLUMN {column} {with_lz4 if lz4 else without}")

@@ -1,5 +1,6 @@
 """The migrations build exactly the tables the code declares, and run both ways."""
 
+import importlib
 import secrets
 import subprocess
 import sys
@@ -53,16 +54,15 @@ def test_test_database_is_the_runs_own() -> None:
 def test_model_data_is_never_given_to_pglz() -> None:
     """Migration 0014: an embedding is past TOAST's 2 kB and pglz gives up on it, after the
     work; lz4 where the server has it, else no compression."""
+    migration = importlib.import_module("migrations.versions.0014_model_data_without_pglz")
     engine = create_engine(DATABASE_URL)
     try:
         with engine.connect() as conn:
-            lz4 = conn.execute(
-                text("SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
-                     "WHERE name = 'default_toast_compression'")
-            ).scalar()  # fmt: skip
+            lz4 = conn.execute(text(migration.HAS_LZ4)).scalar()
             forms = conn.execute(
                 text("SELECT attname, attcompression, attstorage FROM pg_attribute "
-                     "WHERE attrelid = 'predictions'::regclass AND attname IN ('input', 'output')")
+                     "WHERE attrelid = 'predictions'::regclass AND attname = ANY(:columns)"),
+                {"columns": list(migration.COLUMNS)},
             ).all()  # fmt: skip
     finally:
         engine.dispose()
