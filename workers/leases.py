@@ -113,11 +113,23 @@ class Leases:
             )  # fmt: skip
 
     def listen(self, stopping: threading.Event) -> None:
-        """Flag running predictions that were canceled, until `stopping` is set. (A cancel
-        announced while the connection was down goes unheard; the prediction then runs on
-        until its end, where recording finds it canceled.)"""
-        listener = Listener("cancel listener", [STATUS_CHANNEL])
+        """Flag running predictions that were canceled, until `stopping` is set. A cancel
+        announced while the connection was down goes unheard, so every (re)connect reads the
+        running ones' statuses once (`_catch_up`)."""
+        listener = Listener("cancel listener", [STATUS_CHANNEL], on_connect=self._catch_up)
         listener.run(stopping, handle=lambda notice: self._heard(notice.payload), timeout_s=1.0)
+
+    def _catch_up(self) -> None:
+        """Flag the running predictions canceled while nothing listened. (Should this read
+        fail, the listener connects again and this runs again.)"""
+        with self._lock:
+            ids = list(self._claims)
+        if not ids:
+            return
+        with session_scope() as session:
+            canceled = predictions.canceled_among(session, ids=ids)
+        with self._lock:
+            self._canceled.update(id for id in canceled if id in self._claims)
 
     def _heard(self, payload: str) -> None:
         prediction_id, status = payload.split(" ", 1)

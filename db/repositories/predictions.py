@@ -324,6 +324,17 @@ def held(session: Session, *, ids: builtins.list[str]) -> set[str]:
     )
 
 
+def canceled_among(session: Session, *, ids: builtins.list[str]) -> set[str]:
+    """Those of `ids` that are canceled."""
+    return set(
+        session.scalars(
+            select(Prediction.id).where(
+                Prediction.id.in_(ids), Prediction.status == PredictionStatus.CANCELED
+            )
+        )
+    )
+
+
 @dataclass(frozen=True)
 class Fate:
     """What `record` writes for one attempt. `status` None: canceled while it ran, so only

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from common import backoff
+from db.engine import process_label
 from db.repositories import predictions
 from db.repositories.predictions import UNFINISHED
 from db.session import session_scope
@@ -26,6 +27,7 @@ from tests.support.processes import wait_until
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
 from workers import sweeper
 from workers.celery_app import app
+from workers.leases import CANCELED, Leases
 from workers.settings import WorkerSettings, get_worker_settings
 
 
@@ -257,3 +259,42 @@ def test_only_one_sweeper_sweeps_at_a_time(settings: WorkerSettings, broker: red
         assert load(prediction_id).enqueued_at is None
     assert sweeper.sweep(app, settings, broker) >= 1
     assert load(prediction_id).enqueued_at is not None
+
+
+def _cancel_listener_backends() -> list[int]:
+    """This process's connections whose last statement LISTENed for statuses."""
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND application_name = :label AND query = :listen"),
+                {"label": process_label(), "listen": f"LISTEN {predictions.STATUS_CHANNEL}"},
+            )
+        )  # fmt: skip
+
+
+def test_a_cancel_made_while_the_cancel_listener_was_down_is_caught_when_it_reconnects() -> None:
+    prediction_id = create_prediction_row()
+    with session_scope() as session:
+        (claim,) = predictions.claim(session, ids=[prediction_id], lease_s=60)
+    leases = Leases()
+    leases.add([claim], run_timeout_s=600)
+    stopping = threading.Event()
+    listening = threading.Thread(target=leases.listen, args=(stopping,), daemon=True)
+    listening.start()
+    try:
+        wait_until(lambda: _cancel_listener_backends(), 10, "the cancel listener to connect")
+        with session_scope() as session:  # PostgreSQL drops the connection
+            for pid in _cancel_listener_backends():
+                session.execute(select(func.pg_terminate_backend(pid)))
+        wait_until(lambda: not _cancel_listener_backends(), 10, "the connection to go")
+        with session_scope() as session:  # announced while nothing listens (reconnects: >= 1 s)
+            predictions.update_status(
+                session, id=prediction_id, from_statuses=UNFINISHED,
+                status=PredictionStatus.CANCELED,
+            )  # fmt: skip
+        assert leases.stop_reason(claim) is None
+        wait_until(lambda: leases.stop_reason(claim) == CANCELED, 10, "the cancel to be caught")
+    finally:
+        stopping.set()
+        listening.join(timeout=5)
