@@ -59,7 +59,8 @@ def sweep(app: Celery, settings: WorkerSettings, broker: redis.Redis) -> int:
             held = predictions.held(session, ids=in_messages)
         if broker_lost:  # every queued prediction's message may be gone
             resent = predictions.forget_enqueued(session)
-            log.warning("sweeper: Redis lost its messages; sending %d queued again", resent)
+            if resent:  # a new Redis (a first start) with nothing waiting has lost nothing
+                log.warning("sweeper: Redis lost its messages; sending %d queued again", resent)
         aborted = predictions.abort_expired(session)
         idempotency_keys.delete_expired(session)
         files.delete_expired(session)
