@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from api.database import open_pool
 from api.errors import install_error_handlers
+from api.finished_reads import FinishedReads
 from api.memory import trimming
 from api.metrics import RequestMetrics
 from api.middleware import BodySizeLimit, RequestId
@@ -35,8 +36,9 @@ from db.signed_urls import get_url_signer
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-    """The process's PostgreSQL pool, publisher thread and LISTEN connection; each request
-    finds the first two in `request.state`. At shutdown the publisher sends what is left.
+    """The process's PostgreSQL pool (and its coalesced reads of finished predictions),
+    publisher thread and LISTEN connection; each request finds all but the last in
+    `request.state`. At shutdown the publisher sends what is left.
     Meanwhile freed memory goes back to the OS now and then (api/memory.py)."""
     listener = status_listener()
     listener.start()
@@ -44,7 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     publisher = Publisher()
     try:
         async with trimming(get_api_settings().malloc_trim_interval_s):
-            yield {"pool": pool, "publisher": publisher}
+            yield {"pool": pool, "reads": FinishedReads(pool), "publisher": publisher}
     finally:
         publisher.close()
         await pool.close()

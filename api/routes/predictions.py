@@ -187,7 +187,7 @@ async def _create(
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
     if wait_s is not None:
-        load = partial(predictions.load_async, request.state.pool, user, prediction.id, base_url)
+        load = partial(predictions.load_async, request.state.reads, user, prediction.id, base_url)
         return WaitingResponse(prediction, wait_s, load, response.headers, watching)
     return Response(
         prediction.model_dump_json(),

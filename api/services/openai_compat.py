@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.deps import request_base_url
 from api.errors import OpenAIError, Unprocessable, openai_error
+from api.finished_reads import FinishedReads
 from api.queue import Publisher
 from api.schemas.openai_compat import (
     ChatCompletion,
@@ -244,6 +245,7 @@ class Caller:
     """What every create needs from the request."""
 
     pool: AsyncConnectionPool
+    reads: FinishedReads
     publisher: Publisher
     listener: StatusListener
     user: User
@@ -262,6 +264,7 @@ class Caller:
     ) -> "Caller":
         return cls(
             request.state.pool,
+            request.state.reads,
             request.state.publisher,
             listener,
             user,
@@ -309,7 +312,7 @@ async def create_chat_completion(caller: Caller, body: ChatCompletionCreate) -> 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         load = partial(
-            predictions.load_async, caller.pool, caller.user, prediction.id, caller.base_url
+            predictions.load_async, caller.reads, caller.user, prediction.id, caller.base_url
         )
         chunks = chat_chunks(prediction, watching, load, include_usage=include_usage)
         return OpenAIStream(chunks, caller.settings.openai_timeout_s, cancel, caller.headers)

@@ -23,6 +23,7 @@ from api.errors import (
     TooManyRequests,
     Unprocessable,
 )
+from api.finished_reads import FinishedReads
 from api.queue import Publisher
 from api.schemas.predictions import (
     PredictionCreate,
@@ -409,13 +410,14 @@ def load(user: User, prediction_id: str, base_url: str) -> PredictionOut:
 
 
 async def load_async(
-    pool: AsyncConnectionPool, user: User, prediction_id: str, base_url: str
+    reads: FinishedReads, user: User, prediction_id: str, base_url: str
 ) -> PredictionOut:
-    """`load` on the event loop (no thread hop, no ORM): what `Prefer: wait` reads."""
-    async with database.connection(pool) as conn:
-        row = await predictions_async.get(conn, id=prediction_id, owner_id=owner_scope(user))
-    if row is None:  # deleted with its owner meanwhile
-        raise NotFound(f"No prediction {prediction_id!r}")
+    """`load` on the event loop (no thread hop, no session), read together with the other
+    predictions that finished with it: what `Prefer: wait` reads."""
+    row = await reads.get(prediction_id)
+    owner = owner_scope(user)
+    if row is None or (owner is not None and row.prediction.owner_id != owner):
+        raise NotFound(f"No prediction {prediction_id!r}")  # deleted with its owner meanwhile
     return to_out(row, base_url)
 
 

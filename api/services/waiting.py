@@ -3,7 +3,8 @@
 The endpoint stores and commits as usual, then returns a `WaitingResponse`. Starlette sends it
 after the request's transaction is over, so the wait holds no database connection and no
 thread: it sleeps on the process's status listener (PostgreSQL LISTEN) until the prediction is
-terminal, the time is up, or the client hangs up, then reads the row once, on the event loop.
+terminal, the time is up, or the client hangs up, then reads the row once, on the event loop,
+in one statement with the other requests woken in the same turn (api/finished_reads.py).
 """
 
 import asyncio

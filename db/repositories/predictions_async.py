@@ -207,7 +207,6 @@ JOIN models m ON m.id = v.model_id
 JOIN users u ON u.id = m.owner_id
 """
 _OWNED = "(%(owner_id)s::text IS NULL OR p.owner_id = %(owner_id)s)"
-_GET = f"{_SELECT} WHERE p.id = %(id)s AND {_OWNED}"
 _GET_MANY = f"{_SELECT} WHERE p.id = ANY(%(ids)s::text[]) AND {_OWNED}"
 _FIELDS = [
     "id",
@@ -230,21 +229,12 @@ _FIELDS = [
 ]
 
 
-async def get(
-    conn: AsyncConnection[Any], *, id: str, owner_id: str | None = None
-) -> PredictionWithModel | None:
-    """`predictions.get` in one round trip on the event loop: for `Prefer: wait`, which reads
-    the row once it is finished. A detached row, never added to a session."""
-    cursor = await conn.execute(_GET, {"id": id, "owner_id": owner_id})
-    row = await cursor.fetchone()
-    return None if row is None else _with_model(row)
-
-
 async def get_many(
     conn: AsyncConnection[Any], *, ids: list[str], owner_id: str | None = None
 ) -> list[PredictionWithModel]:
-    """`get` of several predictions in one round trip, in the order of `ids`; those that are
-    not there (or not the owner's) are left out."""
+    """Predictions with their model's name (`predictions.get` of several, on the event loop)
+    in one round trip, in the order of `ids`; those that are not there (or not the owner's)
+    are left out. Detached rows, never added to a session."""
     cursor = await conn.execute(_GET_MANY, {"ids": ids, "owner_id": owner_id})
     found = {row.prediction.id: row for row in map(_with_model, await cursor.fetchall())}
     return [found[id] for id in ids if id in found]
