@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from psycopg_pool import PoolClosed
 
+from api import finished_reads
 from api.database import open_pool
 from api.finished_reads import FinishedReads
 from db.ids import new_id
@@ -86,3 +87,21 @@ def test_a_failed_read_fails_every_request_that_asked() -> None:
                                     return_exceptions=True)  # fmt: skip
 
     assert [type(result) for result in asyncio.run(run())] == [PoolClosed, PoolClosed]
+
+
+def test_many_reads_asked_together_go_in_statements_of_at_most_max_rows(
+    statements: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(finished_reads, "MAX_ROWS", 2)
+    ids = [create_prediction_row(text=str(n)) for n in range(5)]
+
+    async def run() -> list[Any]:
+        pool = await open_pool()
+        try:
+            reads = finished_reads.FinishedReads(pool)
+            return await asyncio.gather(*(reads.get(id) for id in ids))
+        finally:
+            await pool.close()
+
+    assert [row.prediction.id for row in asyncio.run(run())] == ids
+    assert sorted(statements) == sorted([ids[:2], ids[2:4], ids[4:]])
