@@ -66,7 +66,8 @@ def shares(raw: Path) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]
     by_component: Counter[str] = Counter()
     by_function: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
+    # py-spy reads names out of a running process's memory: now and then one is garbled.
+    for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
