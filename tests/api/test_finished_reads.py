@@ -48,12 +48,8 @@ def test_reads_asked_together_are_one_statement_and_each_gets_its_row(
 
     a, b, a_again, missing, b_later = asyncio.run(run())
     assert statements == [[first, second, gone], [second]]
-    assert [row.prediction.input["text"] for row in (a, b, a_again, b_later)] == [
-        "a",
-        "b",
-        "a",
-        "b",
-    ]
+    texts = [row.prediction.input["text"] for row in (a, b, a_again, b_later)]
+    assert texts == ["a", "b", "a", "b"]
     assert missing is None
 
 
@@ -98,7 +94,7 @@ def test_many_reads_asked_together_go_in_statements_of_at_most_max_rows(
     async def run() -> list[Any]:
         pool = await open_pool()
         try:
-            reads = finished_reads.FinishedReads(pool)
+            reads = FinishedReads(pool)
             return await asyncio.gather(*(reads.get(id) for id in ids))
         finally:
             await pool.close()

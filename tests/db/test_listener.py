@@ -12,22 +12,13 @@ from psycopg import Notify
 
 from db.listener import Listener
 from db.settings import get_database_settings
+from tests.support.helpers import kill_listeners
 from tests.support.processes import wait_until
 
 
 def _notify(channel: str, payload: str) -> None:
     with psycopg.connect(get_database_settings().libpq_url, autocommit=True) as conn:
         conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-
-
-def _kill_listener(channel: str) -> int:
-    """Terminates the backend whose last statement LISTENed on `channel`; returns how many."""
-    with psycopg.connect(get_database_settings().libpq_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
-            (f"LISTEN {channel}",),
-        ).fetchall()
-    return len(rows)
 
 
 def noting(channel: str, events: list[str]) -> Listener:
@@ -59,7 +50,7 @@ def test_a_thread_listener_reconnects_after_its_connection_is_killed() -> None:
         wait_until(lambda: listener.connected, 10, "the first connection")
         _notify(channel, "one")
         wait_until(lambda: heard == ["one"], 10, "the first notice")
-        assert _kill_listener(channel) == 1
+        assert kill_listeners(channel) == 1
         wait_until(lambda: events.count("connect") == 2 and listener.connected, 10, "again")
         assert events[:3] == ["connect", "disconnect", "connect"]
         _notify(channel, "two")
@@ -91,7 +82,7 @@ def test_an_asyncio_listener_reconnects_after_its_connection_is_killed() -> None
             await until(lambda: listener.connected, "the first connection")
             await asyncio.to_thread(_notify, channel, "one")
             await until(lambda: heard == ["one"], "the first notice")
-            assert await asyncio.to_thread(_kill_listener, channel) == 1
+            assert await asyncio.to_thread(kill_listeners, channel) == 1
             await until(lambda: events.count("connect") == 2 and listener.connected, "again")
             assert events[:3] == ["connect", "disconnect", "connect"]
             await asyncio.to_thread(_notify, channel, "two")

@@ -4,8 +4,9 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
+from db.engine import process_label
 from db.session import session_scope
 from db.tables import Prediction
 
@@ -110,3 +111,25 @@ def assert_problem(response: Any, status: int, *fields: str) -> dict[str, Any]:
     for field in fields:
         assert field in named or field in body["detail"], (field, body)
     return body
+
+
+def listening_backends(channel: str) -> list[int]:
+    """This process's connections to the test database whose last statement LISTENed on
+    `channel`."""
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND application_name = :label AND query = :listen"),
+                {"label": process_label(), "listen": f"LISTEN {channel}"},
+            )
+        )  # fmt: skip
+
+
+def kill_listeners(channel: str) -> int:
+    """Terminates `listening_backends(channel)`, as a PostgreSQL restart would; returns how many."""
+    pids = listening_backends(channel)
+    with session_scope() as session:
+        for pid in pids:
+            session.execute(select(func.pg_terminate_backend(pid)))
+    return len(pids)

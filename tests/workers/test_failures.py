@@ -13,16 +13,20 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from common import backoff
-from db.engine import process_label
 from db.repositories import predictions
 from db.repositories.predictions import UNFINISHED
 from db.session import session_scope
 from db.tables import PredictionStatus
 from models.base import stop_requested
-from tests.support.helpers import create_prediction_row, create_version
+from tests.support.helpers import (
+    create_prediction_row,
+    create_version,
+    kill_listeners,
+    listening_backends,
+)
 from tests.support.processes import wait_until
 from tests.workers.stubs import Recording, StandInRuntime, load, run_together
 from workers import sweeper
@@ -261,18 +265,6 @@ def test_only_one_sweeper_sweeps_at_a_time(settings: WorkerSettings, broker: red
     assert load(prediction_id).enqueued_at is not None
 
 
-def _cancel_listener_backends() -> list[int]:
-    """This process's connections whose last statement LISTENed for statuses."""
-    with session_scope() as session:
-        return list(
-            session.scalars(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                     "AND application_name = :label AND query = :listen"),
-                {"label": process_label(), "listen": f"LISTEN {predictions.STATUS_CHANNEL}"},
-            )
-        )  # fmt: skip
-
-
 def test_a_cancel_made_while_the_cancel_listener_was_down_is_caught_when_it_reconnects() -> None:
     prediction_id = create_prediction_row()
     with session_scope() as session:
@@ -283,11 +275,10 @@ def test_a_cancel_made_while_the_cancel_listener_was_down_is_caught_when_it_reco
     listening = threading.Thread(target=leases.listen, args=(stopping,), daemon=True)
     listening.start()
     try:
-        wait_until(lambda: _cancel_listener_backends(), 10, "the cancel listener to connect")
-        with session_scope() as session:  # PostgreSQL drops the connection
-            for pid in _cancel_listener_backends():
-                session.execute(select(func.pg_terminate_backend(pid)))
-        wait_until(lambda: not _cancel_listener_backends(), 10, "the connection to go")
+        channel = predictions.STATUS_CHANNEL
+        wait_until(lambda: listening_backends(channel), 10, "the cancel listener to connect")
+        kill_listeners(channel)  # PostgreSQL drops the connection
+        wait_until(lambda: not listening_backends(channel), 10, "the connection to go")
         with session_scope() as session:  # announced while nothing listens (reconnects: >= 1 s)
             predictions.update_status(
                 session, id=prediction_id, from_statuses=UNFINISHED,
